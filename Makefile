@@ -1,0 +1,34 @@
+# Thin aliases for exactly what the README and CI run. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SOURCE ?= BAAI/bge-small-en-v1.5
+OUT ?= models
+NAME ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup export demo test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of PyTorch first (a plain `torch` requirement would fetch GBs of CUDA).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,export,test]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with bgeort, the export stack and the test tools
+
+export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed a few sentences with it
+	$(PY) -m export $(SOURCE) --out $(OUT) $(if $(NAME),--name $(NAME)) > $(VENV)/last-export
+	$(PY) -m bgeort embed "$$(cat $(VENV)/last-export)" \
+		"A man is playing a guitar." "Someone is playing an instrument." "The stock market fell sharply today."
+
+test: setup  ## run the test suite (exports tiny models and the real MiniLM from ../shared)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:  ## remove the virtual environment and exported models
+	rm -rf $(VENV) $(filter-out $(OUT)/README.md,$(wildcard $(OUT)/*))

@@ -1,0 +1,24 @@
+"""bgeort: BGE embedding models on ONNX Runtime, with numpy and Rust tokenizers only.
+
+    import bgeort
+    model = bgeort.Embedder("models/bge-small-en-v1.5")
+    vectors = model.encode(["hello", "world"])      # float32 (2, 384), L2-normalized
+"""
+
+from .embedder import Embedder
+from .errors import BgeortError, DeviceError, MissingDependencyError, ModelFolderError, TruncationWarning
+from .manifest import FORMAT_VERSION, Manifest, load_manifest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Embedder",
+    "Manifest",
+    "load_manifest",
+    "FORMAT_VERSION",
+    "BgeortError",
+    "ModelFolderError",
+    "DeviceError",
+    "MissingDependencyError",
+    "TruncationWarning",
+]

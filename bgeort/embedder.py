@@ -1,0 +1,159 @@
+"""`Embedder`: texts in, float32 vectors out, with the FlagEmbedding method names."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from .errors import TruncationWarning
+from .model import OpenModel
+from .pooling import l2_normalize, pool
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class Embedder:
+    """An exported embedding model folder, opened for inference.
+
+    >>> model = Embedder("models/bge-small-en-v1.5")
+    >>> q = model.encode_queries(["what is a panda?"])      # instruction prepended
+    >>> p = model.encode_corpus(["The giant panda is a bear native to China."])
+    >>> scores = q @ p.T
+    """
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
+                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_batch_tokens: int | None = None, query_instruction: str | None = None,
+                 spinning: bool = True, verify: bool = True):
+        self._model = OpenModel.open(path, kind="embedder", precision=precision, device=device,
+                                     threads=threads, spinning=spinning, verify=verify)
+        manifest = self._model.manifest
+        self.manifest = manifest
+        self.batch_size = _positive("batch_size", batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else _positive("max_batch_tokens", max_batch_tokens)
+        self.query_instruction = manifest.query_instruction if query_instruction is None else query_instruction
+
+    @property
+    def path(self):
+        return self._model.path
+
+    @property
+    def precision(self) -> str:
+        """The variant that runs: 'fp32', 'fp32-unfused', 'int8' or 'fp16'."""
+        return self._model.precision
+
+    @property
+    def device(self) -> str:
+        return self._model.device
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def __repr__(self) -> str:
+        return (f"Embedder({str(self.path)!r}, precision={self.precision!r}, device={self.device!r}, "
+                f"dim={self.dim}, max_length={self.max_length}, pooling={self.manifest.pooling!r})")
+
+    def encode(self, texts, *, batch_size: int | None = None, max_length: int | None = None,
+               normalize: bool | None = None) -> np.ndarray:
+        """Embed texts: a list gives float32 (N, dim); a single str gives (dim,).
+
+        Texts longer than `max_length` tokens (default: the model's) are truncated, with a
+        `TruncationWarning` naming them; `token_counts` gives every text's full length.
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else check_texts(texts)
+        vectors = self._embed(items, batch_size=batch_size, max_length=max_length, normalize=normalize)
+        return vectors[0] if single else vectors
+
+    def encode_queries(self, queries, **options) -> np.ndarray:
+        """`encode` with the model's query instruction prepended (BGE retrieval queries)."""
+        single = isinstance(queries, str)
+        items = [queries] if single else check_texts(queries)
+        vectors = self._embed([self.query_instruction + text for text in items], **options)
+        return vectors[0] if single else vectors
+
+    def encode_corpus(self, corpus, **options) -> np.ndarray:
+        """`encode` for passages: no instruction, as BGE was trained."""
+        single = isinstance(corpus, str)
+        items = [corpus] if single else check_texts(corpus)
+        passage = self.manifest.passage_instruction
+        vectors = self._embed([passage + text for text in items] if passage else items, **options)
+        return vectors[0] if single else vectors
+
+    def token_counts(self, texts) -> np.ndarray:
+        """Tokens per text before any truncation, special tokens included (compare with max_length)."""
+        items = [texts] if isinstance(texts, str) else check_texts(texts)
+        return self._model.tokenizer.count_tokens(items)
+
+    def _embed(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
+               normalize: bool | None = None) -> np.ndarray:
+        length = self._resolve_max_length(max_length)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self._model.tokenizer.encode(items, max_length=length)
+        if encoded.truncated.any():
+            warn_truncated(encoded.truncated, length)
+        pooling = self.manifest.pooling
+        vectors = self._model.run_batches(
+            encoded,
+            batch_size=self.batch_size if batch_size is None else _positive("batch_size", batch_size),
+            max_tokens=self.max_batch_tokens,
+            reduce=lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling),
+            width=self.dim,
+        )
+        if self.manifest.normalize if normalize is None else normalize:
+            vectors = l2_normalize(vectors)
+        return vectors
+
+    def _resolve_max_length(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.max_length
+        _positive("max_length", max_length)
+        if max_length > self.max_length:
+            raise ValueError(
+                f"max_length={max_length} is more than this model's {self.max_length} tokens "
+                "(its position embeddings end there); pass a value up to that, or None"
+            )
+        return max_length
+
+
+def check_texts(texts) -> list[str]:
+    """A list of str from a list/tuple/iterable, or a TypeError naming the first bad item."""
+    if texts is None or isinstance(texts, (bytes, bytearray, dict)):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(
+                f"texts[{index}] is {type(item).__name__} ({item!r:.60}), not str; "
+                "every input must be a string (use '' for an empty text)"
+            )
+    return items
+
+
+def warn_truncated(truncated: np.ndarray, max_length: int) -> None:
+    where = np.flatnonzero(truncated)
+    shown = ", ".join(str(i) for i in where[:10]) + (", ..." if len(where) > 10 else "")
+    warnings.warn(
+        TruncationWarning(
+            f"{len(where)} of {len(truncated)} inputs were longer than max_length={max_length} tokens "
+            f"and were truncated to it (indices {shown}); token_counts(texts) gives the full lengths"
+        ),
+        stacklevel=4,
+    )
+
+
+def _positive(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

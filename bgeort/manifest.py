@@ -1,0 +1,207 @@
+"""The model folder's manifest, `bgeort.json`: the runtime's only source of truth.
+
+Stdlib only. The export stage writes it with `dump_manifest`; the runtime reads it with
+`load_manifest`, which rejects anything it does not understand rather than guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelFolderError
+
+MANIFEST_NAME = "bgeort.json"
+FORMAT_NAME = "bgeort-model"
+FORMAT_VERSION = 1
+
+KINDS = ("embedder", "reranker")
+POOLINGS = ("cls", "mean")
+# Precisions a folder may hold. "fp32" is the ONNX Runtime-fused graph; "fp32-unfused" is the plain
+# exporter graph kept as a fallback for builds of ONNX Runtime without the contrib fused operators.
+PRECISIONS = ("fp32", "fp32-unfused", "int8", "fp16")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX file of the folder at one precision, with what export measured about it."""
+
+    file: str
+    sha256: str
+    bytes: int
+    devices: tuple[str, ...]
+    parity: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a model folder holds and how to run it."""
+
+    kind: str
+    name: str
+    pooling: str
+    normalize: bool
+    max_length: int
+    dim: int
+    query_instruction: str
+    passage_instruction: str
+    tokenizer_file: str
+    tokenizer_sha256: str
+    inputs: tuple[str, ...]
+    output: str
+    variants: dict[str, Variant]
+    provenance: dict
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["inputs"] = list(self.inputs)
+        for variant in data["variants"].values():
+            variant["devices"] = list(variant["devices"])
+        return {"format": FORMAT_NAME, **data}
+
+
+# key -> accepted types, for the top level and for each variant. Anything else is an error.
+_TOP_LEVEL = {
+    "format": (str,),
+    "format_version": (int,),
+    "kind": (str,),
+    "name": (str,),
+    "pooling": (str,),
+    "normalize": (bool,),
+    "max_length": (int,),
+    "dim": (int,),
+    "query_instruction": (str,),
+    "passage_instruction": (str,),
+    "tokenizer_file": (str,),
+    "tokenizer_sha256": (str,),
+    "inputs": (list,),
+    "output": (str,),
+    "variants": (dict,),
+    "provenance": (dict,),
+}
+_VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
+
+
+def rebuild_hint(folder: str | os.PathLike, source: str | None = None) -> str:
+    """The command that rebuilds the model folder, for error messages."""
+    folder = Path(folder)
+    src = source or "<hub id or local model directory>"
+    return f"make export SOURCE={src} NAME={folder.name} OUT={folder.parent}"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dump_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:
+    """Write `bgeort.json` into folder (validated first, so we never write what we cannot read)."""
+    data = manifest.to_dict()
+    parse_manifest(data, Path(folder) / MANIFEST_NAME)
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read and validate `<folder>/bgeort.json`. Raises ModelFolderError naming the file and the fix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"model folder {str(folder)!r} does not exist or is not a folder. "
+            f"Build it with: {rebuild_hint(folder)}"
+        )
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{path} is missing, so {folder} is not a complete bgeort model folder "
+            f"(an interrupted export leaves none). Rebuild it with: {rebuild_hint(folder)}"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(
+            f"{path} is not readable JSON ({exc}). Rebuild the folder with: {rebuild_hint(folder)}"
+        ) from exc
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: object, path: Path) -> Manifest:
+    folder = path.parent
+    source = None
+    if isinstance(data, dict) and isinstance(data.get("provenance"), dict):
+        source = data["provenance"].get("source")
+    hint = rebuild_hint(folder, source if isinstance(source, str) else None)
+
+    def fail(problem: str) -> ModelFolderError:
+        return ModelFolderError(f"{path}: {problem}. Rebuild the folder with: {hint}")
+
+    if not isinstance(data, dict):
+        raise fail("the manifest is not a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise fail(f"'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise fail(f"'format_version' is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{path} has format_version {version}, newer than this bgeort reads ({FORMAT_VERSION}). "
+            f"Upgrade bgeort (pip install -U bgeort), or rebuild the folder with this version: {hint}"
+        )
+    if version < 1:
+        raise fail(f"'format_version' {version} is not a version bgeort ever wrote")
+    _check_keys(data, _TOP_LEVEL, "the manifest", fail)
+    if data["kind"] not in KINDS:
+        raise fail(f"'kind' is {data['kind']!r}, expected one of {KINDS}")
+    if data["pooling"] not in POOLINGS:
+        raise fail(f"'pooling' is {data['pooling']!r}, expected one of {POOLINGS}")
+    for key in ("max_length", "dim"):
+        if data[key] < 1:
+            raise fail(f"'{key}' is {data[key]}, expected a positive integer")
+    if not data["inputs"] or not all(isinstance(name, str) for name in data["inputs"]):
+        raise fail("'inputs' must be a non-empty list of input names")
+    if not data["variants"]:
+        raise fail("'variants' is empty: the folder holds no model file")
+    variants = {}
+    for precision, entry in data["variants"].items():
+        if precision not in PRECISIONS:
+            raise fail(f"unknown precision {precision!r} in 'variants' (known: {PRECISIONS})")
+        if not isinstance(entry, dict):
+            raise fail(f"variant {precision!r} is not an object")
+        _check_keys(entry, _VARIANT, f"variant {precision!r}", fail)
+        file = entry["file"]
+        if Path(file).name != file:
+            raise fail(f"variant {precision!r} names {file!r}, which is not a plain file name in the folder")
+        variants[precision] = Variant(
+            file=file,
+            sha256=entry["sha256"],
+            bytes=entry["bytes"],
+            devices=tuple(entry["devices"]),
+            parity=entry["parity"],
+        )
+    fields = {key: data[key] for key in _TOP_LEVEL if key != "format"}
+    fields["inputs"] = tuple(data["inputs"])
+    fields["variants"] = variants
+    return Manifest(**fields)
+
+
+def _check_keys(data: dict, schema: dict, what: str, fail) -> None:
+    unknown = sorted(set(data) - set(schema))
+    if unknown:
+        raise fail(f"{what} has unknown keys {unknown} (written by a different bgeort?)")
+    missing = sorted(set(schema) - set(data))
+    if missing:
+        raise fail(f"{what} lacks required keys {missing}")
+    for key, types in schema.items():
+        value = data[key]
+        # bool is an int in Python; a manifest that says `"dim": true` is still wrong.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise fail(f"{what}: {key!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}")

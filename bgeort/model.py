@@ -1,0 +1,129 @@
+"""Opening a model folder: manifest, file hashes, precision choice, session, and the batching loop
+that `Embedder` and `Reranker` share."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .batching import plan_batches
+from .errors import BgeortError, DeviceError, ModelFolderError
+from .manifest import Manifest, load_manifest, rebuild_hint, sha256_file
+from .session import ProviderChoice, available_providers, choose_providers, import_onnxruntime, open_session
+from .tokenization import Encoded, TextTokenizer
+
+PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
+
+
+def choose_precisions(manifest: Manifest, precision: str, device: str) -> list[str]:
+    """Precisions to try, in order, for `precision` on `device` ('cpu' or 'cuda:N').
+
+    'auto' prefers int8 on CPU and fp16 on CUDA when the folder holds one that passed its parity
+    check at export, then the fused fp32 graph, then the unfused one. An explicit precision is
+    tried alone, except that 'fp32' may fall back to the equivalent unfused graph.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISION_CHOICES}")
+    held = {name for name, variant in manifest.variants.items() if variant.parity.get("passed", False)}
+    if precision == "auto":
+        fast = "fp16" if device.startswith("cuda") else "int8"
+        order = [fast, "fp32", "fp32-unfused"]
+    elif precision == "fp32":
+        order = ["fp32", "fp32-unfused"]
+    else:
+        order = [precision]
+    chosen = [name for name in order if name in held]
+    if not chosen:
+        raise ModelFolderError(
+            f"the model folder holds no {precision!r} variant that passed its parity check "
+            f"(it holds: {sorted(held) or 'none'}). Choose one of those, or re-export to add it"
+        )
+    return chosen
+
+
+@dataclass
+class OpenModel:
+    """A model folder opened for inference: what `Embedder` and `Reranker` are built on."""
+
+    path: Path
+    manifest: Manifest
+    tokenizer: TextTokenizer
+    session: object
+    precision: str
+    device: str
+    input_names: tuple[str, ...]
+    output_name: str
+
+    @classmethod
+    def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
+             spinning: bool = True, verify: bool = True) -> "OpenModel":
+        path = Path(os.fspath(path))
+        manifest = load_manifest(path)
+        hint = rebuild_hint(path, manifest.provenance.get("source"))
+        if manifest.kind != kind:
+            raise ModelFolderError(
+                f"{path} holds a {manifest.kind} model, not a {kind}: open it with "
+                f"bgeort.{'Reranker' if manifest.kind == 'reranker' else 'Embedder'}"
+            )
+        tokenizer_path = path / manifest.tokenizer_file
+        _check_file(tokenizer_path, manifest.tokenizer_sha256, verify, hint)
+        tokenizer = TextTokenizer(tokenizer_path, max_length=manifest.max_length)
+        import_onnxruntime()  # a missing or broken install is reported before anything else
+        errors = []
+        for choice in choose_providers(device, available_providers()):
+            for name in choose_precisions(manifest, precision, choice.device):
+                variant = manifest.variants[name]
+                file = path / variant.file
+                _check_file(file, variant.sha256, verify, hint)
+                try:
+                    session = open_session(str(file), choice, threads=threads, spinning=spinning)
+                except DeviceError as exc:
+                    errors.append(exc)
+                    break  # this device does not work; the next choice is another device
+                except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+                    errors.append(exc)
+                    warnings.warn(f"bgeort: could not load {file.name} ({exc}); trying the next variant",
+                                  RuntimeWarning, stacklevel=3)
+                    continue
+                return cls(path, manifest, tokenizer, session, name, choice.device,
+                           _model_inputs(session, manifest), manifest.output)
+        if len(errors) == 1 and isinstance(errors[0], DeviceError):
+            raise errors[0]
+        raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
+                          "; ".join(str(exc) for exc in errors))
+
+    def run_batches(self, encoded: Encoded, *, batch_size: int, max_tokens: int | None,
+                    reduce: Callable[[np.ndarray, dict], np.ndarray], width: int) -> np.ndarray:
+        """Run every input through the model, batched by length; `reduce` maps (output, feed) to
+        one row of `width` values per input. Rows come back in input order."""
+        out = np.empty((len(encoded), width), dtype=np.float32)
+        outputs = [self.output_name]
+        for indices in plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens):
+            arrays = self.tokenizer.pad(encoded, indices)
+            feed = {name: arrays[name] for name in self.input_names}
+            (result,) = self.session.run(outputs, feed)
+            out[indices] = reduce(result, arrays)
+        return out
+
+
+def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:
+    names = tuple(node.name for node in session.get_inputs())
+    unknown = [name for name in names if name not in ("input_ids", "attention_mask", "token_type_ids")]
+    if unknown:
+        raise ModelFolderError(f"the ONNX graph asks for inputs {unknown} that bgeort does not feed")
+    return names
+
+
+def _check_file(file: Path, expected: str, verify: bool, hint: str) -> None:
+    if not file.is_file():
+        raise ModelFolderError(f"{file} is missing from the model folder. Rebuild it with: {hint}")
+    if verify and sha256_file(file) != expected:
+        raise ModelFolderError(
+            f"{file} does not match the sha256 in bgeort.json (corrupt, or replaced after export). "
+            f"Rebuild the folder with: {hint}"
+        )

@@ -1,0 +1,145 @@
+"""ONNX Runtime sessions: the one module that imports onnxruntime.
+
+Choosing providers is a pure function (`choose_providers`) so the CPU/CUDA decision is tested
+without either; opening a session checks afterwards that the provider asked for is really active.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+
+from .errors import DeviceError, MissingDependencyError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_ort_distributions() -> list[str]:
+    """Which onnxruntime wheels pip has installed (both at once overwrite each other's files)."""
+    found = []
+    for name in _ORT_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def check_ort_install(installed: list[str]) -> None:
+    """Raise if more than one onnxruntime wheel is installed (they overwrite each other's files)."""
+    if len(installed) > 1:
+        raise MissingDependencyError(
+            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's files, "
+            "so which one runs is undefined. Keep one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'bgeort[cpu]' "
+            "(or 'bgeort[gpu]' for CUDA)"
+        )
+
+
+def import_onnxruntime():
+    """onnxruntime, or an error with the exact pip line that fixes its absence or a broken mix."""
+    check_ort_install(installed_ort_distributions())
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"onnxruntime cannot be imported ({exc}). Install it with: pip install 'bgeort[cpu]' "
+            "(or pip install 'bgeort[gpu]' for CUDA)"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """What `choose_providers` decided: the device in words and ONNX Runtime's provider list."""
+
+    device: str  # "cpu" or "cuda:N"
+    providers: list
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' -> (kind, index)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+    name = device.strip().lower()
+    if name in ("auto", "cpu"):
+        return name, None
+    if name == "cuda":
+        return "cuda", 0
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return "cuda", int(name[5:])
+    raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def choose_providers(device: str, available: list[str]) -> list[ProviderChoice]:
+    """The provider lists to try in order for `device`, given ONNX Runtime's available providers.
+
+    'auto' tries CUDA first when the CUDA provider is available and falls back to CPU; an explicit
+    'cuda' without the CUDA provider is an error, never a silent CPU run.
+    """
+    kind, index = parse_device(device)
+    cpu = ProviderChoice("cpu", [CPU])
+    if kind == "cpu":
+        return [cpu]
+    has_cuda = CUDA in available
+    if kind == "auto":
+        return [_cuda_choice(0), cpu] if has_cuda else [cpu]
+    if not has_cuda:
+        raise DeviceError(
+            f"device={device!r} was asked for, but this onnxruntime has no CUDA provider "
+            f"(available: {', '.join(available) or 'none'}). Install the CUDA build with "
+            "pip uninstall -y onnxruntime && pip install 'bgeort[gpu]', or use device='cpu'"
+        )
+    return [_cuda_choice(index)]
+
+
+def _cuda_choice(index: int) -> ProviderChoice:
+    return ProviderChoice(f"cuda:{index}", [(CUDA, {"device_id": index}), CPU])
+
+
+def default_threads() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(ort, *, threads: int | None, spinning: bool):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = default_threads() if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if not spinning:
+        # Threads that spin between runs take cores away from a caller doing other work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool = True):
+    """An InferenceSession for `choice`, verified to run on the device it names."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    ort = import_onnxruntime()
+    options = session_options(ort, threads=threads, spinning=spinning)
+    session = ort.InferenceSession(model_path, sess_options=options, providers=choice.providers)
+    wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
+    active = session.get_providers()
+    if not active or active[0] != wanted:
+        raise DeviceError(
+            f"asked ONNX Runtime for {wanted} on {choice.device} but the session runs on {active}: "
+            "the CUDA or cuDNN libraries this onnxruntime-gpu needs were not found. "
+            "Check them with `python -m bgeort doctor`, or use device='cpu'"
+        )
+    return session
+
+
+def available_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())

@@ -1,0 +1,96 @@
+"""Tokenization with the Rust `tokenizers` library: the one module that imports it.
+
+The folder's `tokenizer.json` may carry padding and truncation settings from its source (a fixed
+padding to 128, say). Those are always cleared here: bgeort truncates at the manifest's max length
+and pads each batch to its own longest text.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a list of texts (or text pairs), unpadded, with what truncation did."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    lengths: np.ndarray  # tokens per input after truncation, special tokens included
+    truncated: np.ndarray  # bool per input: was the input cut to fit?
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TextTokenizer:
+    """Encodes texts with truncation at a chosen length and no padding; pads batches on request."""
+
+    def __init__(self, path: str | os.PathLike, *, max_length: int, pad_id: int | None = None):
+        with open(path, encoding="utf-8") as stream:
+            self._json = stream.read()
+        self.max_length = max_length
+        self._lock = threading.Lock()
+        self._by_length: dict[int, Tokenizer] = {}
+        self._untruncated = self._make(None)
+        self.pad_id = self._find_pad_id() if pad_id is None else pad_id
+
+    def _make(self, max_length: int | None) -> Tokenizer:
+        tokenizer = Tokenizer.from_str(self._json)
+        tokenizer.no_padding()
+        if max_length is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+        return tokenizer
+
+    def _for_length(self, max_length: int) -> Tokenizer:
+        # One tokenizer per length instead of re-setting one: encode may run from several threads.
+        tokenizer = self._by_length.get(max_length)
+        if tokenizer is None:
+            with self._lock:
+                tokenizer = self._by_length.setdefault(max_length, self._make(max_length))
+        return tokenizer
+
+    def _find_pad_id(self) -> int:
+        padding = self._make(None)
+        for token in ("[PAD]", "<pad>"):
+            token_id = padding.token_to_id(token)
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def encode(self, inputs: list, *, max_length: int | None = None) -> Encoded:
+        """Encode texts, or (text, text) tuples for pair models, truncating at max_length."""
+        length = self.max_length if max_length is None else max_length
+        encodings = self._for_length(length).encode_batch(inputs, add_special_tokens=True)
+        ids = [encoding.ids for encoding in encodings]
+        return Encoded(
+            ids=ids,
+            type_ids=[encoding.type_ids for encoding in encodings],
+            lengths=np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)),
+            truncated=np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids)),
+        )
+
+    def count_tokens(self, inputs: list) -> np.ndarray:
+        """Tokens per input with no truncation at all, special tokens included."""
+        encodings = self._untruncated.encode_batch(inputs, add_special_tokens=True)
+        return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+
+    def pad(self, encoded: Encoded, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """int64 arrays for the rows `indices`, padded to the longest of them."""
+        width = int(encoded.lengths[indices].max()) if len(indices) else 0
+        input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        type_ids = np.zeros((len(indices), width), dtype=np.int64)
+        attention_mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, index in enumerate(indices):
+            n = int(encoded.lengths[index])
+            input_ids[row, :n] = encoded.ids[index]
+            type_ids[row, :n] = encoded.type_ids[index]
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": type_ids}

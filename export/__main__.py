@@ -1,0 +1,53 @@
+"""python -m export [SOURCE] [--out models] [--name NAME] ...: see --help."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .families import DEFAULT_SOURCE, FAMILIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a BGE (or any BERT sentence-transformers) model to a verified bgeort model folder.",
+    )
+    parser.add_argument("source", nargs="?", default=DEFAULT_SOURCE,
+                        help=f"hub id or local folder (default {DEFAULT_SOURCE}); offline, give a local folder")
+    parser.add_argument("--out", default="models", help="parent folder of the model folder (default models)")
+    parser.add_argument("--name", help="model folder name (default: the family's name or the source folder's)")
+    parser.add_argument("--family", choices=sorted(FAMILIES),
+                        help="treat the source as this table row (default: matched from the source's name)")
+    parser.add_argument("--pooling", choices=["cls", "mean"], help="override the pooling")
+    parser.add_argument("--max-length", type=int, help="override the max length in tokens")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the model)")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--precisions", default="fp32,int8,fp16",
+                        help="comma-separated variants to build besides the unfused fp32 (default fp32,int8,fp16)")
+    args = parser.parse_args(argv)
+    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    unknown = set(precisions) - {"fp32", "int8", "fp16"}
+    if unknown:
+        parser.error(f"unknown precisions {sorted(unknown)}; choose from fp32, int8, fp16")
+
+    try:
+        from .pipeline import export_model
+        from .source import ExportError
+    except ImportError as exc:
+        print(f"error: the export stage needs its extra ({exc}). Install it with: pip install -e '.[export]'",
+              file=sys.stderr)
+        return 2
+    try:
+        folder = export_model(args.source, out=args.out, name=args.name, family=args.family, pooling=args.pooling,
+                              max_length=args.max_length, opset=args.opset, precisions=precisions,
+                              revision=args.revision)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

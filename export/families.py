@@ -1,0 +1,57 @@
+"""The table of supported model families: one row per model, nothing per model anywhere else.
+
+A source that matches no row takes the generic path, which reads pooling, normalization and max
+length from its sentence-transformers files (see `source.read_sentence_transformers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+# As printed in the BGE model card (ASCII colon).
+ZH_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章:"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # also the default folder name under models/
+    hub_id: str
+    kind: str  # "embedder" or "reranker"
+    pooling: str  # "cls" or "mean"
+    normalize: bool
+    max_length: int
+    query_instruction: str = ""
+    passage_instruction: str = ""
+
+
+def _bge(size: str, language: str) -> Family:
+    instruction = EN_QUERY_INSTRUCTION if language == "en" else ZH_QUERY_INSTRUCTION
+    name = f"bge-{size}-{language}-v1.5"
+    return Family(name=name, hub_id=f"BAAI/{name}", kind="embedder", pooling="cls", normalize=True,
+                  max_length=512, query_instruction=instruction)
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (_bge(size, language) for language in ("en", "zh") for size in ("small", "base", "large"))
+}
+
+DEFAULT_SOURCE = FAMILIES["bge-small-en-v1.5"].hub_id
+
+
+def find_family(source: str, family: str | None = None) -> Family | None:
+    """The row for an explicit family name, else the row whose name or hub id the source ends with."""
+    if family is not None:
+        try:
+            return FAMILIES[family]
+        except KeyError:
+            raise ValueError(
+                f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))} "
+                "(leave --family out to export any BERT sentence-transformers folder generically)"
+            ) from None
+    tail = source.rstrip("/").split("/")[-1].lower()
+    for row in FAMILIES.values():
+        if tail == row.name.lower() or source.lower() == row.hub_id.lower():
+            return row
+    return None

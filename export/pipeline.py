@@ -1,0 +1,234 @@
+"""One export: source -> staged folder (graphs, tokenizer, verified variants, manifest) -> models/<name>.
+
+The folder is built under a temporary name next to its destination and renamed into place only
+when complete, so an interrupted export never leaves a folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from bgeort.manifest import MANIFEST_NAME, Manifest, Variant, dump_manifest, sha256_file
+
+from . import stages, verify
+from .families import DEFAULT_SOURCE, Family, find_family
+from .source import ExportError, FolderFacts, position_limit, read_folder_facts, resolve_source
+
+FILES = {"fp32": "model.onnx", "fp32-unfused": "model_unfused.onnx", "int8": "model_int8.onnx",
+         "fp16": "model_fp16.onnx"}
+DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["cpu"], "fp16": ["cuda"]}
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the manifest says about running the model, and where each value came from."""
+
+    name: str
+    pooling: str
+    normalize: bool
+    max_length: int
+    query_instruction: str
+    passage_instruction: str
+    resolved_from: dict
+
+
+def log(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family: Family | None, *,
+                     name: str | None, pooling: str | None, max_length: int | None) -> Settings:
+    """Settle pooling, normalization and max length once: explicit option, else the family table,
+    else the folder's sentence-transformers files. Conflicting values are recorded, never used."""
+    limit = position_limit(config)
+    origin = {}
+
+    def pick(key, explicit, table, folder_value, default=None):
+        for where, value in (("option", explicit), ("family table", table), ("sentence-transformers files", folder_value),
+                             ("default", default)):
+            if value is not None:
+                origin[key] = where
+                return value
+        return None
+
+    chosen_pooling = pick("pooling", pooling, family and family.pooling, facts.pooling)
+    if chosen_pooling is None:
+        raise ExportError(f"{source_given} has no sentence-transformers pooling config and matches no family in "
+                          "the table; say how to pool with --pooling cls or --pooling mean")
+    normalize = pick("normalize", None, family and family.normalize, facts.normalize, True)
+    length = pick("max_length", max_length, family and family.max_length, facts.max_length, limit)
+    if length > limit:
+        raise ExportError(f"max length {length} ({origin['max_length']}) exceeds the model's {limit} positions")
+    folder_name = name or (family.name if family else Path(source_given.rstrip("/")).name)
+    return Settings(
+        name=folder_name,
+        pooling=chosen_pooling,
+        normalize=bool(normalize),
+        max_length=int(length),
+        query_instruction=family.query_instruction if family else "",
+        passage_instruction=family.passage_instruction if family else "",
+        resolved_from={"origin": origin, "found_in_source": facts.notes},
+    )
+
+
+def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "models", name: str | None = None,
+                 family: str | None = None, pooling: str | None = None, max_length: int | None = None,
+                 opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None) -> Path:
+    """Export `source` and return the path of the finished model folder."""
+    resolved = resolve_source(source, revision=revision)
+    config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise ExportError(f"{source} is a {config.get('model_type')!r} model; the embedder export supports "
+                          f"{SUPPORTED_MODEL_TYPES}")
+    row = find_family(source, family)
+    facts = read_folder_facts(resolved.root, resolved.folder, config)
+    settings = resolve_settings(source, config, facts, row, name=name, pooling=pooling, max_length=max_length)
+    log(f"{source} -> {settings.name}: {row.name if row else 'generic'} path, pooling={settings.pooling}, "
+        f"normalize={settings.normalize}, max_length={settings.max_length}")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.partial-", dir=out))
+    try:
+        manifest = _build(resolved, config, settings, staging, opset=opset, precisions=precisions)
+        dump_manifest(manifest, staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the model folder is not
+        return _move_into_place(staging, out / settings.name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, precisions) -> Manifest:
+    layers, heads, hidden = config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"]
+    _write_tokenizer(resolved.folder, staging / "tokenizer.json")
+
+    log("exporting the ONNX graph with optimum")
+    plain = staging / FILES["fp32-unfused"]
+    used_opset = stages.export_onnx(resolved.folder, plain, task="feature-extraction", opset=opset)
+    built = {"fp32-unfused": {}}
+    log("fusing for ONNX Runtime")
+    try:
+        built["fp32"] = {"fusions": stages.fuse(plain, staging / FILES["fp32"], num_layers=layers,
+                                                num_heads=heads, hidden_size=hidden)}
+    except ExportError as exc:
+        log(f"fp32 fused graph not written: {exc}")
+    if "int8" in precisions and "fp32" in built:
+        log("quantizing to int8")
+        built["int8"] = {"quantized_ops": stages.quantize_int8(staging / FILES["fp32"], staging / FILES["int8"],
+                                                               num_layers=layers)}
+    if "fp16" in precisions and "fp32" in built:
+        log("converting to fp16")
+        stages.convert_fp16(staging / FILES["fp32"], staging / FILES["fp16"])
+        built["fp16"] = {}
+
+    # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
+    variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
+    _provisional = _manifest(resolved, config, settings, staging, variants, used_opset)
+    dump_manifest(_provisional, staging)
+
+    texts = verify.probe_texts(settings.max_length)
+    log(f"computing the PyTorch reference on {len(texts)} probe texts")
+    reference = verify.torch_reference(resolved.folder, texts, pooling=settings.pooling,
+                                       normalize=settings.normalize, max_length=settings.max_length)
+    checked = {}
+    for precision, extra in built.items():
+        parity = {**verify.check_variant(staging, precision, texts, reference), **extra}
+        status = "ok" if parity["passed"] else "FAILED: " + "; ".join(parity["failures"])
+        log(f"{precision:13s} max|diff| {parity['max_abs_diff']:.2e}  min cos {parity['min_cosine']:.6f}  "
+            f"mean cos {parity['mean_cosine']:.6f}  {status}")
+        if parity["passed"]:
+            checked[precision] = _variant(staging, precision, parity)
+        else:
+            (staging / FILES[precision]).unlink()
+            log(f"{precision} variant not written")
+    if not ({"fp32", "fp32-unfused"} & set(checked)):
+        raise ExportError("no fp32 graph matched the PyTorch reference; nothing was written")
+    return _manifest(resolved, config, settings, staging, checked, used_opset)
+
+
+def _variant(staging: Path, precision: str, parity: dict) -> Variant:
+    file = staging / FILES[precision]
+    return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,
+                   devices=tuple(DEVICES[precision]), parity=parity)
+
+
+def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:
+    return Manifest(
+        kind="embedder",
+        name=settings.name,
+        pooling=settings.pooling,
+        normalize=settings.normalize,
+        max_length=settings.max_length,
+        dim=int(config["hidden_size"]),
+        query_instruction=settings.query_instruction,
+        passage_instruction=settings.passage_instruction,
+        tokenizer_file="tokenizer.json",
+        tokenizer_sha256=sha256_file(staging / "tokenizer.json"),
+        inputs=("input_ids", "attention_mask", "token_type_ids"),
+        output="last_hidden_state",
+        variants=variants,
+        provenance={
+            "source": resolved.given,
+            "revision": resolved.revision,
+            "weights_sha256": _weights_digest(resolved.folder),
+            "model_type": config.get("model_type"),
+            "layers": config.get("num_hidden_layers"),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "opset": opset,
+            "versions": _versions(),
+            "settings_from": settings.resolved_from,
+        },
+    )
+
+
+def _write_tokenizer(model_folder: Path, out_file: Path) -> None:
+    """The source's fast tokenizer as tokenizer.json with its padding and truncation cleared: the
+    runtime sets those from the manifest, and other tools reading the file must not inherit them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder), use_fast=True)
+    if not tokenizer.is_fast:
+        raise ExportError(f"{model_folder} has no fast (Rust) tokenizer; bgeort needs tokenizer.json")
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data["padding"] = None
+    data["truncation"] = None
+    out_file.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _weights_digest(folder: Path) -> dict:
+    return {path.name: sha256_file(path) for path in sorted(folder.glob("*.safetensors")) +
+            sorted(folder.glob("pytorch_model*.bin"))}
+
+
+def _versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for dist in ("bgeort", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _move_into_place(staging: Path, target: Path) -> Path:
+    """Swap the finished folder in. At the target there is only ever a complete folder (old or new,
+    or for an instant none); the old one is removed only after the new one is in place."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
