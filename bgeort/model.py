@@ -62,6 +62,8 @@ class OpenModel:
     @classmethod
     def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
              spinning: bool = True, verify: bool = True) -> "OpenModel":
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         path = Path(os.fspath(path))
         manifest = load_manifest(path)
         hint = rebuild_hint(path, manifest.provenance.get("source"))
@@ -85,6 +87,8 @@ class OpenModel:
                 except DeviceError as exc:
                     errors.append(exc)
                     break  # this device does not work; the next choice is another device
+                except (BgeortError, ValueError, TypeError):
+                    raise
                 except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
                     errors.append(exc)
                     warnings.warn(f"bgeort: could not load {file.name} ({exc}); trying the next variant",

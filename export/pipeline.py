@@ -116,12 +116,13 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
     plain = staging / FILES["fp32-unfused"]
     used_opset = stages.export_onnx(resolved.folder, plain, task="feature-extraction", opset=opset)
     built = {"fp32-unfused": {}}
-    log("fusing for ONNX Runtime")
-    try:
-        built["fp32"] = {"fusions": stages.fuse(plain, staging / FILES["fp32"], num_layers=layers,
-                                                num_heads=heads, hidden_size=hidden)}
-    except ExportError as exc:
-        log(f"fp32 fused graph not written: {exc}")
+    if precisions:  # int8 and fp16 are made from the fused graph
+        log("fusing for ONNX Runtime")
+        try:
+            built["fp32"] = {"fusions": stages.fuse(plain, staging / FILES["fp32"], num_layers=layers,
+                                                    num_heads=heads, hidden_size=hidden)}
+        except ExportError as exc:
+            log(f"fp32 fused graph not written: {exc}")
     if "int8" in precisions and "fp32" in built:
         log("quantizing to int8")
         built["int8"] = {"quantized_ops": stages.quantize_int8(staging / FILES["fp32"], staging / FILES["int8"],

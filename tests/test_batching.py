@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from bgeort.batching import plan_batches
+
+
+@pytest.mark.parametrize(
+    "lengths, batch_size, max_tokens, expected",
+    [
+        ([], 4, None, []),
+        ([5], 4, None, [[0]]),
+        ([3, 9, 5, 7], 2, None, [[1, 3], [2, 0]]),  # longest first
+        ([4, 4, 4, 4, 4], 2, None, [[0, 1], [2, 3], [4]]),  # ties keep input order
+        ([10, 10, 10, 2, 2, 2], 8, 20, [[0, 1], [2, 3], [4, 5]]),  # budget 20 = 2 rows of 10
+        ([50, 1], 8, 20, [[0], [1]]),  # a text over the budget still gets a batch
+    ],
+)
+def test_plan_batches_table(lengths, batch_size, max_tokens, expected):
+    batches = plan_batches(lengths, batch_size=batch_size, max_tokens=max_tokens)
+    assert [b.tolist() for b in batches] == expected
+
+
+def test_plan_batches_covers_every_index_once_within_limits():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 512, size=1000)
+    batches = plan_batches(lengths, batch_size=32, max_tokens=4096)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    for batch in batches:
+        assert len(batch) <= 32
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 4096
+    # sorted: the padded waste is small compared to random order
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 1.1 * lengths.sum()
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 4, "max_tokens": 0}])
+def test_plan_batches_rejects_bad_limits(kwargs):
+    with pytest.raises(ValueError):
+        plan_batches([1, 2], **kwargs)

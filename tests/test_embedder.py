@@ -1,0 +1,188 @@
+"""bgeort.Embedder on exported generated models: API, input handling, errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import bgeort
+from bgeort.errors import DeviceError, ModelFolderError, TruncationWarning
+
+pytestmark = pytest.mark.export
+
+SENTENCES = ["the man is playing guitar", "a cat sat on the mat", "hello world", "", "what is a panda ?",
+             "the red car is fast and the blue car is slow"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return bgeort.Embedder(tiny_model, precision="fp32")
+
+
+def test_shapes_dtype_and_norm(tiny):
+    vectors = tiny.encode(SENTENCES)
+    assert vectors.shape == (len(SENTENCES), 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    single = tiny.encode("hello world")
+    assert single.shape == (32,)
+    np.testing.assert_allclose(single, vectors[2], atol=1e-6)
+
+
+def test_empty_list_and_empty_string(tiny):
+    assert tiny.encode([]).shape == (0, 32)
+    assert tiny.encode([]).dtype == np.float32
+    assert np.isfinite(tiny.encode("")).all()
+
+
+def test_order_is_restored_whatever_the_batching(tiny):
+    one_by_one = np.stack([tiny.encode(text) for text in SENTENCES])
+    for batch_size in (1, 2, 64):
+        np.testing.assert_allclose(tiny.encode(SENTENCES, batch_size=batch_size), one_by_one, atol=1e-5)
+    reversed_ = tiny.encode(SENTENCES[::-1])
+    np.testing.assert_allclose(reversed_[::-1], one_by_one, atol=1e-5)
+
+
+def test_normalize_option(tiny):
+    raw = tiny.encode(SENTENCES, normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), tiny.encode(SENTENCES), atol=1e-6)
+
+
+def test_accepts_tuples_and_generators(tiny):
+    expected = tiny.encode(SENTENCES)
+    np.testing.assert_allclose(tiny.encode(tuple(SENTENCES)), expected, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode(text for text in SENTENCES), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        (["ok", 3], r"texts\[1\] is int"),
+        (["ok", "fine", None], r"texts\[2\] is NoneType"),
+        ([b"bytes"], r"texts\[0\] is bytes"),
+        (None, "texts must be a str or a list of str, got NoneType"),
+        (b"bytes", "got bytes"),
+        (42, "got int"),
+    ],
+)
+def test_bad_inputs_name_the_problem(tiny, texts, message):
+    with pytest.raises(TypeError, match=message):
+        tiny.encode(texts)
+    # and the model keeps working afterwards
+    assert tiny.encode(["still fine"]).shape == (1, 32)
+
+
+def test_truncation_warns_and_token_counts_tell_full_lengths(tiny):
+    long_text = " ".join(["guitar"] * 100)  # 102 tokens, model max 64
+    with pytest.warns(TruncationWarning, match=r"1 of 2 inputs .* max_length=64 .*indices 1\)"):
+        vectors = tiny.encode(["hello", long_text])
+    assert vectors.shape == (2, 32)
+    assert tiny.token_counts(["hello", long_text]).tolist() == [3, 102]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny.encode(["hello", " ".join(["guitar"] * 62)])  # exactly 64 tokens: no warning
+
+
+def test_max_length_option(tiny):
+    text = "the man is playing guitar on the street"
+    with pytest.warns(TruncationWarning):
+        short = tiny.encode(text, max_length=4)
+    assert not np.allclose(short, tiny.encode(text))
+    with pytest.raises(ValueError, match="more than this model's 64 tokens"):
+        tiny.encode(text, max_length=65)
+
+
+def test_precision_choice(tiny_model):
+    assert bgeort.Embedder(tiny_model).precision == "int8"  # auto on CPU
+    assert bgeort.Embedder(tiny_model, precision="fp32-unfused").precision == "fp32-unfused"
+    fp32 = bgeort.Embedder(tiny_model, precision="fp32")
+    assert (fp32.precision, fp32.device) == ("fp32", "cpu")
+    unfused = bgeort.Embedder(tiny_model, precision="fp32-unfused").encode(SENTENCES)
+    np.testing.assert_allclose(fp32.encode(SENTENCES), unfused, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        bgeort.Embedder(tiny_model, precision="bf16")
+
+
+def test_explicit_cuda_without_the_provider_is_an_error(tiny_model):
+    with pytest.raises(DeviceError, match="no CUDA provider"):
+        bgeort.Embedder(tiny_model, device="cuda")
+
+
+def test_threads_option(tiny_model):
+    assert bgeort.Embedder(tiny_model, threads=1).encode(["x"]).shape == (1, 32)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        bgeort.Embedder(tiny_model, threads=0)
+
+
+@pytest.fixture
+def folder_copy(tiny_model, tmp_path):
+    return shutil.copytree(tiny_model, tmp_path / "copy")
+
+
+def test_hash_mismatch_names_the_file_and_the_rebuild(folder_copy):
+    with open(folder_copy / "model.onnx", "ab") as stream:
+        stream.write(b"\0")
+    with pytest.raises(ModelFolderError, match=r"model.onnx does not match the sha256.*make export SOURCE=.*tiny-bert"):
+        bgeort.Embedder(folder_copy, precision="fp32")
+
+
+def test_missing_model_file(folder_copy):
+    (folder_copy / "model_int8.onnx").unlink()
+    with pytest.raises(ModelFolderError, match=r"model_int8.onnx is missing.*make export"):
+        bgeort.Embedder(folder_copy, precision="int8")
+
+
+def test_newer_manifest_version(folder_copy):
+    path = folder_copy / "bgeort.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match="format_version 99, newer"):
+        bgeort.Embedder(folder_copy)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ModelFolderError, match="bgeort.json is missing"):
+        bgeort.Embedder(tmp_path)
+
+
+def test_cli_embed_and_info(tiny_model):
+    out = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model), "hello", "world"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "shape (2, 32)" in out and "precision='int8'" in out
+    info = subprocess.run([sys.executable, "-m", "bgeort", "info", str(tiny_model)],
+                          capture_output=True, text=True, check=True).stdout
+    assert json.loads(info)["pooling"] == "mean"
+    bad = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model) + "-nope", "x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+# bge-small shape (12 x 384, 512 positions, CLS pooling, the table row)
+
+def test_query_instruction_is_prepended_to_queries_only(bge_small_shaped):
+    model = bgeort.Embedder(bge_small_shaped, precision="fp32")
+    instruction = model.manifest.query_instruction
+    assert instruction == "Represent this sentence for searching relevant passages: "
+    query = "what is a panda?"
+    np.testing.assert_allclose(model.encode_queries([query]), model.encode([instruction + query]), atol=1e-6)
+    np.testing.assert_allclose(model.encode_corpus([query]), model.encode([query]), atol=1e-6)
+    assert model.encode_queries(query).shape == (384,)
+    custom = bgeort.Embedder(bge_small_shaped, precision="fp32", query_instruction="")
+    np.testing.assert_allclose(custom.encode_queries([query]), model.encode([query]), atol=1e-6)
+
+
+def test_vector_does_not_depend_on_batch_neighbours(bge_small_shaped):
+    model = bgeort.Embedder(bge_small_shaped, precision="fp32")
+    short = ["what is a panda?", "The giant panda is a bear species endemic to China."]
+    long_texts = [" ".join(["bamboo forest"] * 300), " ".join(["mountain"] * 600)]  # past 512 tokens
+    alone = model.encode(short)
+    with pytest.warns(TruncationWarning):
+        mixed = model.encode(long_texts + short, batch_size=4)  # one batch, padded to 512
+    cosine = (alone * mixed[2:]).sum(axis=1)
+    assert cosine.min() >= 0.99999
+    assert model.token_counts(long_texts).min() > 512

@@ -1,0 +1,138 @@
+"""The export pipeline on generated models: what it writes, what it refuses, and how it fails."""
+
+import json
+import os
+
+import pytest
+
+from bgeort.manifest import load_manifest, sha256_file
+from export import export_model, stages, verify
+from export.families import EN_QUERY_INSTRUCTION, FAMILIES
+from export.source import ExportError, resolve_source
+
+pytestmark = pytest.mark.export
+
+
+def test_generic_path_reads_the_sentence_transformers_folder(tiny_model):
+    manifest = load_manifest(tiny_model)
+    assert (manifest.kind, manifest.pooling, manifest.normalize, manifest.max_length, manifest.dim) == \
+        ("embedder", "mean", True, 64, 32)
+    assert manifest.query_instruction == ""
+    found = manifest.provenance["settings_from"]["found_in_source"]
+    assert found["tokenizer.json truncation"]["max_length"] == 16  # seen, recorded, not used
+    assert manifest.provenance["settings_from"]["origin"]["max_length"] == "sentence-transformers files"
+
+
+def test_written_tokenizer_has_no_padding_or_truncation(tiny_model):
+    data = json.loads((tiny_model / "tokenizer.json").read_text())
+    assert data["padding"] is None and data["truncation"] is None
+
+
+def test_every_variant_is_written_verified_and_hashed(tiny_model):
+    manifest = load_manifest(tiny_model)
+    assert set(manifest.variants) == {"fp32", "fp32-unfused", "int8", "fp16"}
+    for precision, variant in manifest.variants.items():
+        path = tiny_model / variant.file
+        assert sha256_file(path) == variant.sha256 and path.stat().st_size == variant.bytes
+        parity = variant.parity
+        assert parity["passed"] and not parity["failures"], precision
+        assert parity["reference"].startswith("PyTorch")
+    assert manifest.variants["fp32"].parity["max_abs_diff"] <= 1e-4
+    assert manifest.variants["fp32"].parity["min_cosine"] >= 0.99999
+    assert manifest.variants["int8"].parity["quantized_ops"]["QAttention"] == 2
+    assert manifest.variants["fp32"].parity["fusions"]["Attention"] == 2
+    assert manifest.provenance["versions"]["torch"].startswith("2.")
+    assert manifest.provenance["opset"] >= 14
+    assert not [p for p in tiny_model.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_family_row_sets_bge_settings(bge_small_shaped):
+    manifest = load_manifest(bge_small_shaped)
+    row = FAMILIES["bge-small-en-v1.5"]
+    assert bge_small_shaped.name == "bge-small-en-v1.5"
+    assert (manifest.pooling, manifest.normalize, manifest.max_length, manifest.dim) == ("cls", True, 512, 384)
+    assert manifest.query_instruction == row.query_instruction == EN_QUERY_INSTRUCTION
+    assert manifest.passage_instruction == ""
+    assert manifest.variants["fp32"].parity["fusions"]["Attention"] == 12
+    assert manifest.variants["fp32"].parity["passed"]
+
+
+def test_zh_rows_use_the_model_card_instruction():
+    assert FAMILIES["bge-base-zh-v1.5"].query_instruction == "为这个句子生成表示以用于检索相关文章:"
+    assert {row.pooling for row in FAMILIES.values()} == {"cls"}
+    assert len(FAMILIES) == 6
+
+
+def test_a_variant_failing_parity_is_not_written(tiny_source, tmp_path, monkeypatch):
+    # An impossible bound for int8: the pipeline must drop the variant and say why.
+    monkeypatch.setitem(verify.THRESHOLDS, "int8", {"mean_cosine": 1.1})
+    folder = export_model(str(tiny_source), out=tmp_path, precisions=("fp32", "int8"))
+    manifest = load_manifest(folder)
+    assert "int8" not in manifest.variants
+    assert not (folder / "model_int8.onnx").exists()
+    assert set(manifest.variants) == {"fp32", "fp32-unfused"}
+
+
+def test_interrupted_export_leaves_no_folder_and_keeps_the_old_one(tiny_source, tmp_path, monkeypatch):
+    first = export_model(str(tiny_source), out=tmp_path, name="m", precisions=("fp32",))
+    before = sha256_file(first / "bgeort.json")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "quantize_int8", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(str(tiny_source), out=tmp_path, name="m", precisions=("fp32", "int8"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sha256_file(first / "bgeort.json") == before
+    load_manifest(first)  # still a valid folder
+
+
+def test_reexport_replaces_the_folder(tiny_source, tmp_path):
+    first = export_model(str(tiny_source), out=tmp_path, name="m", precisions=("fp32",))
+    (first / "stale-file").write_text("from the old export")
+    second = export_model(str(tiny_source), out=tmp_path, name="m", precisions=("fp32", "int8"))
+    assert second == first
+    assert not (second / "stale-file").exists()
+    assert "int8" in load_manifest(second).variants
+    assert os.stat(second).st_mode & 0o755 == 0o755
+
+
+def test_fusion_shortfall_is_an_error(tiny_model, tmp_path):
+    # The tiny graph has 2 layers: asking for 3 must fail loudly, not write a half-fused graph as fine.
+    with pytest.raises(ExportError, match="did not fuse every layer"):
+        stages.fuse(tiny_model / "model_unfused.onnx", tmp_path / "f.onnx", num_layers=3, num_heads=4, hidden_size=32)
+
+
+def test_hub_id_offline_fails_fast_naming_the_local_option(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ExportError, match=r"make export SOURCE=/path/to/bge-small-en-v1.5"):
+        resolve_source("BAAI/bge-small-en-v1.5")
+
+
+def test_hub_id_unreachable_fails_naming_the_local_option(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    with pytest.raises(ExportError, match=r"could not download BAAI/bge-small-en-v1.5.*SOURCE=/path/to"):
+        resolve_source("BAAI/bge-small-en-v1.5", timeout=2)
+
+
+@pytest.mark.parametrize("source", ["./no/such/folder", "not a hub id"])
+def test_bad_sources(source):
+    with pytest.raises(ExportError, match="neither an existing folder nor a hub id"):
+        resolve_source(source)
+
+
+def test_plain_transformers_folder_without_pooling_needs_the_option(tmp_path):
+    from tests.conftest import make_bert_source
+
+    source = make_bert_source(tmp_path / "plain-bert", layers=1, hidden=32, heads=4, ffn=64, positions=64,
+                              tokenizer_from=None)
+    with pytest.raises(ExportError, match="--pooling cls or --pooling mean"):
+        export_model(str(source), out=tmp_path / "models")
+    folder = export_model(str(source), out=tmp_path / "models", pooling="cls", precisions=())
+    manifest = load_manifest(folder)
+    assert (manifest.pooling, manifest.max_length) == ("cls", 64)
+    assert set(manifest.variants) == {"fp32-unfused"}

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from bgeort.errors import ModelFolderError
+from bgeort.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, dump_manifest, load_manifest
+
+
+def sample_manifest(**changes) -> Manifest:
+    fields = dict(
+        kind="embedder", name="m", pooling="cls", normalize=True, max_length=512, dim=384,
+        query_instruction="Represent this sentence for searching relevant passages: ", passage_instruction="",
+        tokenizer_file="tokenizer.json", tokenizer_sha256="0" * 64,
+        inputs=("input_ids", "attention_mask", "token_type_ids"), output="last_hidden_state",
+        variants={"fp32": Variant(file="model.onnx", sha256="1" * 64, bytes=10, devices=("cpu", "cuda"),
+                                  parity={"passed": True, "max_abs_diff": 1e-7})},
+        provenance={"source": "BAAI/bge-small-en-v1.5", "revision": None},
+    )
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def write_raw(folder, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+
+
+def test_round_trip(tmp_path):
+    manifest = sample_manifest()
+    dump_manifest(manifest, tmp_path)
+    assert load_manifest(tmp_path) == manifest
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["format_version"] == FORMAT_VERSION
+
+
+def test_missing_folder_names_it_and_the_rebuild_command(tmp_path):
+    with pytest.raises(ModelFolderError, match=r"does not exist.*make export SOURCE=.* NAME=nothing"):
+        load_manifest(tmp_path / "nothing")
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(ModelFolderError, match=r"bgeort.json is missing.*make export"):
+        load_manifest(tmp_path)
+
+
+def test_corrupt_json(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ModelFolderError, match="not readable JSON.*make export"):
+        load_manifest(tmp_path)
+
+
+def test_newer_format_version_asks_for_an_upgrade_or_rebuild(tmp_path):
+    data = sample_manifest().to_dict()
+    data["format_version"] = FORMAT_VERSION + 1
+    write_raw(tmp_path, data)
+    with pytest.raises(ModelFolderError, match=r"newer than this bgeort reads.*pip install -U bgeort.*"
+                                               r"make export SOURCE=BAAI/bge-small-en-v1.5"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(extra=1), r"unknown keys \['extra'\]"),
+        (lambda d: d.pop("dim"), r"lacks required keys \['dim'\]"),
+        (lambda d: d.update(dim=True), "'dim' is True, expected int"),
+        (lambda d: d.update(pooling="max"), "'pooling' is 'max'"),
+        (lambda d: d.update(kind="classifier"), "'kind' is 'classifier'"),
+        (lambda d: d.update(variants={}), "holds no model file"),
+        (lambda d: d["variants"].update(bf16=d["variants"]["fp32"]), "unknown precision 'bf16'"),
+        (lambda d: d["variants"]["fp32"].update(file="../elsewhere.onnx"), "not a plain file name"),
+        (lambda d: d.update(format="something-else"), "'format' is 'something-else'"),
+    ],
+)
+def test_invalid_manifests_are_rejected(tmp_path, change, message):
+    data = sample_manifest().to_dict()
+    change(data)
+    write_raw(tmp_path, data)
+    with pytest.raises(ModelFolderError, match=message):
+        load_manifest(tmp_path)
