@@ -8,11 +8,14 @@
 from .embedder import Embedder
 from .errors import BgeortError, DeviceError, MissingDependencyError, ModelFolderError, TruncationWarning
 from .manifest import FORMAT_VERSION, Manifest, load_manifest
+from .reranker import Ranking, Reranker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embedder",
+    "Reranker",
+    "Ranking",
     "Manifest",
     "load_manifest",
     "FORMAT_VERSION",

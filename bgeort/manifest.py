@@ -20,7 +20,7 @@ FORMAT_NAME = "bgeort-model"
 FORMAT_VERSION = 1
 
 KINDS = ("embedder", "reranker")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "none")  # "none": a reranker's graph ends in its classifier
 # Precisions a folder may hold. "fp32" is the ONNX Runtime-fused graph; "fp32-unfused" is the plain
 # exporter graph kept as a fallback for builds of ONNX Runtime without the contrib fused operators.
 PRECISIONS = ("fp32", "fp32-unfused", "int8", "fp16")

@@ -36,25 +36,26 @@ class TextTokenizer:
             self._json = stream.read()
         self.max_length = max_length
         self._lock = threading.Lock()
-        self._by_length: dict[int, Tokenizer] = {}
+        self._by_length: dict[tuple, Tokenizer] = {}
         self._untruncated = self._make(None)
         self.pad_id = self._find_pad_id() if pad_id is None else pad_id
 
-    def _make(self, max_length: int | None) -> Tokenizer:
+    def _make(self, max_length: int | None, strategy: str = "longest_first", stride: int = 0) -> Tokenizer:
         tokenizer = Tokenizer.from_str(self._json)
         tokenizer.no_padding()
         if max_length is None:
             tokenizer.no_truncation()
         else:
-            tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+            tokenizer.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
         return tokenizer
 
-    def _for_length(self, max_length: int) -> Tokenizer:
-        # One tokenizer per length instead of re-setting one: encode may run from several threads.
-        tokenizer = self._by_length.get(max_length)
+    def _for_length(self, max_length: int, strategy: str = "longest_first", stride: int = 0) -> Tokenizer:
+        # One tokenizer per setting instead of re-setting one: encode may run from several threads.
+        key = (max_length, strategy, stride)
+        tokenizer = self._by_length.get(key)
         if tokenizer is None:
             with self._lock:
-                tokenizer = self._by_length.setdefault(max_length, self._make(max_length))
+                tokenizer = self._by_length.setdefault(key, self._make(max_length, strategy, stride))
         return tokenizer
 
     def _find_pad_id(self) -> int:
@@ -69,13 +70,38 @@ class TextTokenizer:
         """Encode texts, or (text, text) tuples for pair models, truncating at max_length."""
         length = self.max_length if max_length is None else max_length
         encodings = self._for_length(length).encode_batch(inputs, add_special_tokens=True)
-        ids = [encoding.ids for encoding in encodings]
-        return Encoded(
-            ids=ids,
-            type_ids=[encoding.type_ids for encoding in encodings],
-            lengths=np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)),
-            truncated=np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids)),
-        )
+        return _collect(encodings, [bool(e.overflowing) for e in encodings])
+
+    def encode_pairs(self, queries: list[str], passages: list[str], *, max_length: int | None = None,
+                     windows: bool = False) -> tuple[Encoded, np.ndarray]:
+        """Encode (query, passage) pairs as FlagEmbedding's FlagReranker does: the query keeps at
+        most 3/4 of max_length tokens, the passage is cut to fit the rest, special tokens and
+        segment ids come from the tokenizer's pair template.
+
+        With `windows=True` a passage that does not fit is instead split into overlapping windows
+        (half a window of overlap), one row each. Returns the rows and, per row, the pair it scores.
+        """
+        length = self.max_length if max_length is None else max_length
+        specials = self._untruncated.num_special_tokens_to_add(is_pair=True)
+        query_encodings = self._for_length(length * 3 // 4).encode_batch(queries, add_special_tokens=False)
+        passage_encodings = self._untruncated.encode_batch(passages, add_special_tokens=False)
+        pair_tokenizer = self._for_length(length, "only_second")
+        rows, truncated, owners = [], [], []
+        for index, (query, passage) in enumerate(zip(query_encodings, passage_encodings)):
+            room = length - specials - len(query.ids)
+            if windows and len(passage.ids) > room > 0:
+                stride = room // 2
+                tokenizer = self._for_length(room, "longest_first", stride)
+                first = tokenizer.encode(passages[index], add_special_tokens=False)
+                for window in [first, *first.overflowing]:
+                    rows.append(pair_tokenizer.post_process(query, window))
+                    truncated.append(bool(query.overflowing))
+                    owners.append(index)
+                continue
+            rows.append(pair_tokenizer.post_process(query, passage))
+            truncated.append(bool(query.overflowing) or len(passage.ids) > max(room, 0))
+            owners.append(index)
+        return _collect(rows, truncated), np.asarray(owners, dtype=np.int64)
 
     def count_tokens(self, inputs: list) -> np.ndarray:
         """Tokens per input with no truncation at all, special tokens included."""
@@ -94,3 +120,13 @@ class TextTokenizer:
             type_ids[row, :n] = encoded.type_ids[index]
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": type_ids}
+
+
+def _collect(encodings, truncated: list[bool]) -> Encoded:
+    ids = [encoding.ids for encoding in encodings]
+    return Encoded(
+        ids=ids,
+        type_ids=[encoding.type_ids for encoding in encodings],
+        lengths=np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)),
+        truncated=np.asarray(truncated, dtype=bool).reshape(len(ids)),
+    )

@@ -18,7 +18,7 @@ class Family:
     name: str  # also the default folder name under models/
     hub_id: str
     kind: str  # "embedder" or "reranker"
-    pooling: str  # "cls" or "mean"
+    pooling: str  # "cls" or "mean"; "none" for rerankers
     normalize: bool
     max_length: int
     query_instruction: str = ""
@@ -32,9 +32,21 @@ def _bge(size: str, language: str) -> Family:
                   max_length=512, query_instruction=instruction)
 
 
+def _reranker(name: str, max_length: int) -> Family:
+    # Cross-encoders: one logit per (query, passage) pair, no pooling or normalization of vectors.
+    return Family(name=name, hub_id=f"BAAI/{name}", kind="reranker", pooling="none", normalize=False,
+                  max_length=max_length)
+
+
 FAMILIES: dict[str, Family] = {
     family.name: family
-    for family in (_bge(size, language) for language in ("en", "zh") for size in ("small", "base", "large"))
+    for family in [
+        *(_bge(size, language) for language in ("en", "zh") for size in ("small", "base", "large")),
+        _reranker("bge-reranker-base", 512),
+        _reranker("bge-reranker-large", 512),
+        # bge-m3's backbone: 8194 positions, so 8192 tokens of pair (FlagReranker's default call uses 512)
+        _reranker("bge-reranker-v2-m3", 8192),
+    ]
 }
 
 DEFAULT_SOURCE = FAMILIES["bge-small-en-v1.5"].hub_id

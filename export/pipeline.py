@@ -25,13 +25,18 @@ from .source import ExportError, FolderFacts, position_limit, read_folder_facts,
 FILES = {"fp32": "model.onnx", "fp32-unfused": "model_unfused.onnx", "int8": "model_int8.onnx",
          "fp16": "model_fp16.onnx"}
 DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["cpu"], "fp16": ["cuda"]}
-SUPPORTED_MODEL_TYPES = ("bert",)
+# Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
+KINDS = {
+    "embedder": {"model_types": ("bert",), "task": "feature-extraction", "output": "last_hidden_state"},
+    "reranker": {"model_types": ("bert", "xlm-roberta"), "task": "text-classification", "output": "logits"},
+}
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the manifest says about running the model, and where each value came from."""
 
+    kind: str
     name: str
     pooling: str
     normalize: bool
@@ -45,11 +50,25 @@ def log(message: str) -> None:
     print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
+def model_kind(config: dict, family: Family | None) -> str:
+    """A table row says; otherwise a one-label sequence classifier is a reranker."""
+    if family is not None:
+        return family.kind
+    if any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or []):
+        labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+        if labels != 1:
+            raise ExportError(f"the source is a sequence classifier with {labels} labels; a bgeort reranker needs "
+                              "exactly one relevance logit")
+        return "reranker"
+    return "embedder"
+
+
 def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family: Family | None, *,
                      name: str | None, pooling: str | None, max_length: int | None) -> Settings:
     """Settle pooling, normalization and max length once: explicit option, else the family table,
     else the folder's sentence-transformers files. Conflicting values are recorded, never used."""
     limit = position_limit(config)
+    kind = model_kind(config, family)
     origin = {}
 
     def pick(key, explicit, table, folder_value, default=None):
@@ -60,7 +79,11 @@ def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family
                 return value
         return None
 
-    chosen_pooling = pick("pooling", pooling, family and family.pooling, facts.pooling)
+    if kind == "reranker":
+        chosen_pooling = pick("pooling", None, "none", None)
+        facts = FolderFacts(normalize=False, max_length=facts.max_length, notes=facts.notes)
+    else:
+        chosen_pooling = pick("pooling", pooling, family and family.pooling, facts.pooling)
     if chosen_pooling is None:
         raise ExportError(f"{source_given} has no sentence-transformers pooling config and matches no family in "
                           "the table; say how to pool with --pooling cls or --pooling mean")
@@ -70,6 +93,7 @@ def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family
         raise ExportError(f"max length {length} ({origin['max_length']}) exceeds the model's {limit} positions")
     folder_name = name or (family.name if family else Path(source_given.rstrip("/")).name)
     return Settings(
+        kind=kind,
         name=folder_name,
         pooling=chosen_pooling,
         normalize=bool(normalize),
@@ -86,14 +110,15 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     """Export `source` and return the path of the finished model folder."""
     resolved = resolve_source(source, revision=revision)
     config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ExportError(f"{source} is a {config.get('model_type')!r} model; the embedder export supports "
-                          f"{SUPPORTED_MODEL_TYPES}")
     row = find_family(source, family)
     facts = read_folder_facts(resolved.root, resolved.folder, config)
     settings = resolve_settings(source, config, facts, row, name=name, pooling=pooling, max_length=max_length)
-    log(f"{source} -> {settings.name}: {row.name if row else 'generic'} path, pooling={settings.pooling}, "
-        f"normalize={settings.normalize}, max_length={settings.max_length}")
+    supported = KINDS[settings.kind]["model_types"]
+    if config.get("model_type") not in supported:
+        raise ExportError(f"{source} is a {config.get('model_type')!r} model; the {settings.kind} export supports "
+                          f"{supported}")
+    log(f"{source} -> {settings.name}: {settings.kind}, {row.name if row else 'generic'} path, "
+        f"pooling={settings.pooling}, normalize={settings.normalize}, max_length={settings.max_length}")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,13 +139,14 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
 
     log("exporting the ONNX graph with optimum")
     plain = staging / FILES["fp32-unfused"]
-    used_opset = stages.export_onnx(resolved.folder, plain, task="feature-extraction", opset=opset)
+    used_opset = stages.export_onnx(resolved.folder, plain, task=KINDS[settings.kind]["task"], opset=opset)
     built = {"fp32-unfused": {}}
     if precisions:  # int8 and fp16 are made from the fused graph
         log("fusing for ONNX Runtime")
         try:
             built["fp32"] = {"fusions": stages.fuse(plain, staging / FILES["fp32"], num_layers=layers,
-                                                    num_heads=heads, hidden_size=hidden)}
+                                                    num_heads=heads, hidden_size=hidden,
+                                                    embedding_fusion=config["model_type"] == "bert")}
         except ExportError as exc:
             log(f"fp32 fused graph not written: {exc}")
     if "int8" in precisions and "fp32" in built:
@@ -137,16 +163,24 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
     _provisional = _manifest(resolved, config, settings, staging, variants, used_opset)
     dump_manifest(_provisional, staging)
 
-    texts = verify.probe_texts(settings.max_length)
-    log(f"computing the PyTorch reference on {len(texts)} probe texts")
-    reference = verify.torch_reference(resolved.folder, texts, pooling=settings.pooling,
-                                       normalize=settings.normalize, max_length=settings.max_length)
+    if settings.kind == "reranker":
+        probes = verify.probe_pairs(settings.max_length)
+        log(f"computing the PyTorch reference on {len(probes)} probe pairs")
+        reference = verify.torch_reranker_reference(resolved.folder, probes, max_length=settings.max_length)
+        check = verify.check_reranker_variant
+    else:
+        probes = verify.probe_texts(settings.max_length)
+        log(f"computing the PyTorch reference on {len(probes)} probe texts")
+        reference = verify.torch_reference(resolved.folder, probes, pooling=settings.pooling,
+                                           normalize=settings.normalize, max_length=settings.max_length)
+        check = verify.check_variant
     checked = {}
     for precision, extra in built.items():
-        parity = {**verify.check_variant(staging, precision, texts, reference), **extra}
+        parity = {**check(staging, precision, probes, reference), **extra}
         status = "ok" if parity["passed"] else "FAILED: " + "; ".join(parity["failures"])
-        log(f"{precision:13s} max|diff| {parity['max_abs_diff']:.2e}  min cos {parity['min_cosine']:.6f}  "
-            f"mean cos {parity['mean_cosine']:.6f}  {status}")
+        numbers = ", ".join(f"{key} {value:.6g}" for key, value in parity.items()
+                            if key in ("max_abs_diff", "min_cosine", "mean_cosine", "spearman", "top1_agreement"))
+        log(f"{precision:13s} {numbers}  {status}")
         if parity["passed"]:
             checked[precision] = _variant(staging, precision, parity)
         else:
@@ -165,18 +199,18 @@ def _variant(staging: Path, precision: str, parity: dict) -> Variant:
 
 def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:
     return Manifest(
-        kind="embedder",
+        kind=settings.kind,
         name=settings.name,
         pooling=settings.pooling,
         normalize=settings.normalize,
         max_length=settings.max_length,
-        dim=int(config["hidden_size"]),
+        dim=int(config["hidden_size"]) if settings.kind == "embedder" else 1,
         query_instruction=settings.query_instruction,
         passage_instruction=settings.passage_instruction,
         tokenizer_file="tokenizer.json",
         tokenizer_sha256=sha256_file(staging / "tokenizer.json"),
-        inputs=("input_ids", "attention_mask", "token_type_ids"),
-        output="last_hidden_state",
+        inputs=tuple(stages.graph_inputs(staging / FILES["fp32-unfused"])),
+        output=KINDS[settings.kind]["output"],
         variants=variants,
         provenance={
             "source": resolved.given,

@@ -33,6 +33,12 @@ def export_onnx(model_folder: Path, out_file: Path, *, task: str, opset: int | N
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
+def graph_inputs(path: Path) -> list[str]:
+    import onnx
+
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.input]
+
+
 def count_ops(path: Path) -> dict[str, int]:
     import onnx
 
@@ -40,7 +46,8 @@ def count_ops(path: Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node))
 
 
-def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, hidden_size: int) -> dict[str, int]:
+def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, hidden_size: int,
+         embedding_fusion: bool = True) -> dict[str, int]:
     """ONNX Runtime's transformer fusions (attention, SkipLayerNorm, bias-GELU, embedding LayerNorm).
 
     Some exporter settings make the attention pattern unrecognisable and the optimizer then fuses
@@ -54,7 +61,8 @@ def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, h
                                optimization_options=options, opt_level=0, use_gpu=False)
     optimized.save_model_to_file(str(out_file))
     ops = count_ops(out_file)
-    expected = {"Attention": num_layers, "SkipLayerNormalization": 2 * num_layers, "EmbedLayerNormalization": 1}
+    expected = {"Attention": num_layers, "SkipLayerNormalization": 2 * num_layers,
+                "EmbedLayerNormalization": int(embedding_fusion)}
     gelu = ops.get("BiasGelu", 0) + ops.get("FastGelu", 0) + ops.get("Gelu", 0)
     missing = {op: (ops.get(op, 0), want) for op, want in expected.items() if ops.get(op, 0) != want}
     if gelu != num_layers:

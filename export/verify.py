@@ -129,3 +129,100 @@ def check_variant(folder: Path, precision: str, texts: list[str], reference: Ref
         "reference": reference.description,
         "checked_on": "cpu",
     }
+
+
+# Rerankers: logits of (query, passage) pairs.
+
+RERANKER_THRESHOLDS = {
+    "fp32": {"max_abs_diff": 1e-3, "spearman": 1.0, "top1_agreement": 1.0},
+    "fp32-unfused": {"max_abs_diff": 1e-3, "spearman": 1.0, "top1_agreement": 1.0},
+    "int8": {"spearman": 0.99, "top1_agreement": 1.0},
+    "fp16": {"spearman": 0.99, "top1_agreement": 1.0},
+}
+
+_QUERIES = ["what is panda?", "", "hello world", "where do giant pandas live in china and what do they eat?"]
+_PASSAGES = ["hi", "The giant panda is a bear species endemic to China.", "", "cats and dogs on a mat",
+             "Pandas eat bamboo in the mountain forests of central China."]
+
+
+def probe_pairs(max_length: int) -> list[tuple[str, str]]:
+    """Every probe query with every probe passage, plus a passage and a query past the max length."""
+    words = _PARAGRAPH.split()
+    long_text = " ".join(words[i % len(words)] for i in range(max_length * 2))
+    pairs = [(query, passage) for query in _QUERIES for passage in _PASSAGES]
+    return pairs + [(_QUERIES[0], long_text), (long_text, _PASSAGES[1]), (long_text, long_text)]
+
+
+def torch_reranker_reference(model_folder: Path, pairs, *, max_length: int) -> Reference:
+    """Logits from transformers + PyTorch fp32, tokenized as FlagEmbedding's FlagReranker does:
+    the query cut to 3/4 of max_length, then the pair cut 'only_second' to max_length."""
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_folder), dtype=torch.float32).eval()
+    logits = []
+    with torch.inference_mode():
+        for query, passage in pairs:
+            q = tokenizer(query, add_special_tokens=False, truncation=True, max_length=max_length * 3 // 4)["input_ids"]
+            p = tokenizer(passage, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+            item = tokenizer.prepare_for_model(q, p, truncation="only_second", max_length=max_length,
+                                               return_tensors="pt", prepend_batch_axis=True)
+            logits.append(float(model(**item).logits[0, 0]))
+    return Reference(np.asarray(logits, dtype=np.float32),
+                     f"PyTorch {torch.__version__} fp32, transformers {transformers.__version__}")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho with average ranks for ties (as scipy.stats.spearmanr)."""
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=np.float64)
+        for value in np.unique(x):  # average the ranks of ties
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+    ra, rb = ranks(np.asarray(a, np.float64)), ranks(np.asarray(b, np.float64))
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator else 0.0
+
+
+def compare_scores(candidate: np.ndarray, reference: np.ndarray, groups: int) -> dict[str, float]:
+    """Max abs diff, Spearman, and how often the best passage per query (group) agrees."""
+    size = len(_PASSAGES)
+    agree = [np.argmax(candidate[g * size:(g + 1) * size]) == np.argmax(reference[g * size:(g + 1) * size])
+             for g in range(groups)]
+    return {
+        "max_abs_diff": float(np.abs(candidate.astype(np.float64) - reference).max()),
+        "spearman": spearman(candidate, reference),
+        "top1_agreement": float(np.mean(agree)),
+    }
+
+
+def check_reranker_variant(folder: Path, precision: str, pairs, reference: Reference) -> dict:
+    import warnings
+
+    from bgeort import Reranker
+    from bgeort.errors import TruncationWarning
+
+    model = Reranker(folder, precision=precision, device="cpu")
+    runs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        for batch_size in (4, len(pairs)):
+            scores = model.compute_score(pairs, batch_size=batch_size)
+            runs.append(compare_scores(scores, reference.vectors, groups=len(_QUERIES)))
+    numbers = {"max_abs_diff": max(r["max_abs_diff"] for r in runs),
+               "spearman": min(r["spearman"] for r in runs),
+               "top1_agreement": min(r["top1_agreement"] for r in runs)}
+    failures = []
+    for key, bound in RERANKER_THRESHOLDS[precision].items():
+        ok = numbers[key] <= bound if key == "max_abs_diff" else numbers[key] >= bound - 1e-12
+        if not ok:
+            failures.append(f"{key} {numbers[key]:.6g} (bound {'<=' if key == 'max_abs_diff' else '>='} {bound})")
+    return {**numbers, "passed": not failures, "failures": failures, "thresholds": RERANKER_THRESHOLDS[precision],
+            "probes": len(pairs), "reference": reference.description, "checked_on": "cpu"}

@@ -132,3 +132,68 @@ def minilm_model(models_dir) -> Path:
     from export import export_model
 
     return export_model(str(MINILM), out=models_dir)
+
+
+UNIGRAM_PIECES = ["▁the", "▁a", "▁panda", "▁is", "▁bear", "▁what", "▁china", "▁hello", "▁world", "▁giant",
+                  "▁species", "▁of", "▁in", "▁and", "▁bamboo", "▁eats", "▁hi", "▁cat", "▁dog", "▁on",
+                  "s", "ing", "ed", "▁", "a", "e", "i", "o", "u", "n", "r", "t", "l", "?", ".", ","]
+
+
+def build_unigram_tokenizer():
+    """An XLM-R-style SentencePiece (Unigram) tokenizer built in code: <s> A </s></s> B </s>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces = specials + [(piece, -1.0 - 0.1 * i) for i, piece in enumerate(UNIGRAM_PIECES)] + [("<mask>", 0.0)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
+    return tokenizer, len(pieces)
+
+
+def make_classifier_source(folder: Path, *, model_type: str, layers: int = 2, hidden: int = 32, heads: int = 4,
+                           ffn: int = 64, positions: int = 130, seed: int = 0, max_length: int = 128) -> Path:
+    """A one-logit *ForSequenceClassification model with random weights (fixed seed) and its tokenizer."""
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, XLMRobertaConfig,
+                              XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                  num_labels=1, initializer_range=0.2)
+    if model_type == "xlm-roberta":
+        backend, vocab_size = build_unigram_tokenizer()
+        fast = XLMRobertaTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                       cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                       model_max_length=max_length)
+        config = XLMRobertaConfig(vocab_size=vocab_size, max_position_embeddings=positions + 2, pad_token_id=1,
+                                  bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common)
+        model_class = XLMRobertaForSequenceClassification
+    else:
+        fast = BertTokenizerFast(tokenizer_object=build_wordpiece_tokenizer(TINY_VOCAB), unk_token="[UNK]",
+                                 cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]",
+                                 model_max_length=max_length)
+        config = BertConfig(vocab_size=len(TINY_VOCAB), max_position_embeddings=positions, **common)
+        model_class = BertForSequenceClassification
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    model_class(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def xlmr_reranker(tmp_path_factory, models_dir) -> Path:
+    from export import export_model
+
+    source = make_classifier_source(tmp_path_factory.mktemp("sources") / "tiny-xlmr-reranker", model_type="xlm-roberta")
+    return export_model(str(source), out=models_dir)
+
+
+@pytest.fixture(scope="session")
+def bert_reranker(tmp_path_factory, models_dir) -> Path:
+    from export import export_model
+
+    source = make_classifier_source(tmp_path_factory.mktemp("sources") / "tiny-bert-reranker", model_type="bert")
+    return export_model(str(source), out=models_dir)

@@ -1,0 +1,127 @@
+"""`Reranker`: (query, passage) pairs in, relevance scores out, with FlagReranker's method names."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from .embedder import _positive, check_texts, warn_truncated
+from .model import OpenModel
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class Ranking(NamedTuple):
+    """Documents best first: their indices in the input list and their scores."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) without overflow for large |x|."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    positive = x >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
+    exp = np.exp(x[~positive])
+    out[~positive] = exp / (1.0 + exp)
+    return out
+
+
+class Reranker:
+    """An exported cross-encoder (bge-reranker) folder, opened for inference.
+
+    >>> model = Reranker("models/bge-reranker-base")
+    >>> model.compute_score(["what is panda?", "The giant panda is a bear."])   # one pair: a float
+    >>> model.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_k=1)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
+                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_batch_tokens: int | None = None, spinning: bool = True, verify: bool = True):
+        self._model = OpenModel.open(path, kind="reranker", precision=precision, device=device,
+                                     threads=threads, spinning=spinning, verify=verify)
+        self.manifest = self._model.manifest
+        self.batch_size = _positive("batch_size", batch_size)
+        self.max_batch_tokens = None if max_batch_tokens is None else _positive("max_batch_tokens", max_batch_tokens)
+
+    path = property(lambda self: self._model.path)
+    precision = property(lambda self: self._model.precision, doc="the variant that runs")
+    device = property(lambda self: self._model.device)
+    max_length = property(lambda self: self.manifest.max_length)
+
+    def __repr__(self) -> str:
+        return (f"Reranker({str(self.path)!r}, precision={self.precision!r}, device={self.device!r}, "
+                f"max_length={self.max_length})")
+
+    def compute_score(self, pairs, *, normalize: bool = False, batch_size: int | None = None,
+                      max_length: int | None = None, sliding_window: bool = False):
+        """Score [query, passage] pairs: one pair gives a float, a list of pairs float32 (N,).
+
+        Scores are raw logits (unbounded); `normalize=True` maps them through a sigmoid to (0, 1).
+        A passage that does not fit the window is truncated (with a `TruncationWarning`), as
+        FlagReranker does; `sliding_window=True` scores overlapping windows over it instead and
+        keeps the best.
+        """
+        single = _is_pair(pairs)
+        items = [pairs] if single else check_pairs(pairs)
+        scores = self._score(items, normalize=normalize, batch_size=batch_size, max_length=max_length,
+                             sliding_window=sliding_window)
+        return float(scores[0]) if single else scores
+
+    def rerank(self, query: str, documents, *, top_k: int | None = None, normalize: bool = True,
+               **options) -> Ranking:
+        """Documents sorted by score, best first (ties keep input order), at most `top_k` of them."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        documents = check_texts(documents)
+        if top_k is not None:
+            _positive("top_k", top_k)
+        scores = self._score([(query, document) for document in documents], normalize=normalize, **options)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return Ranking(order, scores[order])
+
+    def _score(self, pairs: list[tuple[str, str]], *, normalize: bool, batch_size: int | None = None,
+               max_length: int | None = None, sliding_window: bool = False) -> np.ndarray:
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        length = self.max_length if max_length is None else _positive("max_length", max_length)
+        if length > self.max_length:
+            raise ValueError(f"max_length={length} is more than this model's {self.max_length} tokens; "
+                             "pass a value up to that, or None")
+        queries = [query for query, _ in pairs]
+        passages = [passage for _, passage in pairs]
+        encoded, owners = self._model.tokenizer.encode_pairs(queries, passages, max_length=length,
+                                                             windows=sliding_window)
+        if encoded.truncated.any():
+            per_pair = np.zeros(len(pairs), dtype=bool)
+            np.logical_or.at(per_pair, owners, encoded.truncated)
+            warn_truncated(per_pair, length)
+        logits = self._model.run_batches(
+            encoded,
+            batch_size=self.batch_size if batch_size is None else _positive("batch_size", batch_size),
+            max_tokens=self.max_batch_tokens,
+            reduce=lambda output, arrays: output[:, :1],
+            width=1,
+        )[:, 0]
+        scores = np.full(len(pairs), -np.inf, dtype=np.float32)
+        np.maximum.at(scores, owners, logits)  # one row per pair, or the best of its windows
+        return sigmoid(scores) if normalize else scores
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def check_pairs(pairs) -> list[tuple[str, str]]:
+    """A list of (query, passage) str pairs, or a TypeError naming the first bad one."""
+    if pairs is None or isinstance(pairs, (str, bytes, dict)):
+        raise TypeError(f"pairs must be a [query, passage] pair or a list of them, got {type(pairs).__name__}")
+    items = list(pairs)
+    for index, pair in enumerate(items):
+        if not _is_pair(pair):
+            raise TypeError(f"pairs[{index}] is {pair!r:.80}, not a [query, passage] pair of two str")
+    return [tuple(pair) for pair in items]
