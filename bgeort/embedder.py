@@ -25,15 +25,22 @@ class Embedder:
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_batch_tokens: int | None = None, query_instruction: str | None = None,
-                 spinning: bool = True, verify: bool = True):
+                 max_batch_tokens: int | None = None, query_instruction_for_retrieval: str | None = None,
+                 normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True):
+        """Open the model folder at `path` (see the README for every option).
+
+        `query_instruction_for_retrieval` and `normalize_embeddings` are FlagEmbedding's FlagModel
+        options; None keeps what the manifest says (the model card's instruction; normalize for BGE).
+        """
         self._model = OpenModel.open(path, kind="embedder", precision=precision, device=device,
                                      threads=threads, spinning=spinning, verify=verify)
         manifest = self._model.manifest
         self.manifest = manifest
         self.batch_size = _positive("batch_size", batch_size)
         self.max_batch_tokens = None if max_batch_tokens is None else _positive("max_batch_tokens", max_batch_tokens)
-        self.query_instruction = manifest.query_instruction if query_instruction is None else query_instruction
+        self.query_instruction = (manifest.query_instruction if query_instruction_for_retrieval is None
+                                  else query_instruction_for_retrieval)
+        self.normalize_embeddings = manifest.normalize if normalize_embeddings is None else bool(normalize_embeddings)
 
     @property
     def path(self):
@@ -108,7 +115,7 @@ class Embedder:
             reduce=lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling),
             width=self.dim,
         )
-        if self.manifest.normalize if normalize is None else normalize:
+        if self.normalize_embeddings if normalize is None else normalize:
             vectors = l2_normalize(vectors)
         return vectors
 

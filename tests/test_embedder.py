@@ -52,6 +52,12 @@ def test_normalize_option(tiny):
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), tiny.encode(SENTENCES), atol=1e-6)
 
 
+def test_flagmodel_normalize_embeddings_option(tiny_model, tiny):
+    raw = bgeort.Embedder(tiny_model, precision="fp32", normalize_embeddings=False)
+    np.testing.assert_allclose(raw.encode(SENTENCES), tiny.encode(SENTENCES, normalize=False), atol=1e-6)
+    np.testing.assert_allclose(raw.encode(SENTENCES, normalize=True), tiny.encode(SENTENCES), atol=1e-6)
+
+
 def test_accepts_tuples_and_generators(tiny):
     expected = tiny.encode(SENTENCES)
     np.testing.assert_allclose(tiny.encode(tuple(SENTENCES)), expected, atol=1e-6)
@@ -172,7 +178,7 @@ def test_query_instruction_is_prepended_to_queries_only(bge_small_shaped):
     np.testing.assert_allclose(model.encode_queries([query]), model.encode([instruction + query]), atol=1e-6)
     np.testing.assert_allclose(model.encode_corpus([query]), model.encode([query]), atol=1e-6)
     assert model.encode_queries(query).shape == (384,)
-    custom = bgeort.Embedder(bge_small_shaped, precision="fp32", query_instruction="")
+    custom = bgeort.Embedder(bge_small_shaped, precision="fp32", query_instruction_for_retrieval="")
     np.testing.assert_allclose(custom.encode_queries([query]), model.encode([query]), atol=1e-6)
 
 
