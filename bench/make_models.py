@@ -1,0 +1,167 @@
+"""Build the benchmark's model folders (git-ignored, under bench/results/tmp/models by default).
+
+For each model key there is one folder with:
+  src/        a sentence-transformers folder (transformers weights, tokenizer, ST config) plus
+              onnx/model.onnx and sentence-transformers' own int8 export, made by sentence-transformers
+  bgeort/     the bgeort export of src (python -m export)
+  fastembed/  the bgeort fused fp32 model.onnx (symlink) with the source's tokenizer files, for fastembed
+
+Keys: `bge-small` is a BERT of bge-small-en-v1.5's exact shape (12 x 384, 12 heads, 1536 FFN,
+30522 vocab) with random weights (torch seed 0) and the real uncased vocab from all-MiniLM-L6-v2;
+`minilm` is the real all-MiniLM-L6-v2 from ../shared/models, for the quality columns.
+
+    python bench/make_models.py [--root DIR] [--only bge-small|minilm] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+DEFAULT_ROOT = REPO / "bench" / "results" / "tmp" / "models"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+MODEL_KEYS = ("bge-small", "minilm")
+
+
+def st_int8_config() -> str:
+    """sentence-transformers' quantization preset that matches this CPU, as its docs advise."""
+    flags = cpu_flags()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "arm64"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def st_int8_file() -> str:
+    preset = st_int8_config()
+    dtype = "quint8" if preset == "avx2" else "qint8"  # optimum's AutoQuantizationConfig weight types
+    return f"onnx/model_{dtype}_{preset}.onnx"
+
+
+def write_bge_small_source(folder: Path) -> None:
+    """Random-weight BERT of bge-small's shape, as a sentence-transformers folder with CLS pooling."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(MINILM / name, folder / name)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}))
+
+
+def write_minilm_source(folder: Path) -> None:
+    # A copy, not symlinks: sentence-transformers' save_pretrained rewrites the folder's files, and
+    # ../shared must never be written to.
+    shutil.copytree(MINILM, folder, dirs_exist_ok=True)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def add_st_onnx(folder: Path) -> None:
+    """onnx/model.onnx and the int8 file, exactly as sentence-transformers' docs make them."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                                model_kwargs={"provider": "CPUExecutionProvider"})
+    model.save_pretrained(str(folder))
+    export_dynamic_quantized_onnx_model(model, st_int8_config(), str(folder))
+    if not (folder / st_int8_file()).is_file():
+        raise SystemExit(f"sentence-transformers did not write {folder / st_int8_file()}")
+
+
+def export_bgeort(src: Path, out: Path, family: str | None) -> None:
+    command = [sys.executable, "-m", "export", str(src), "--out", str(out.parent), "--name", out.name]
+    if family:
+        command += ["--family", family]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+
+
+def write_fastembed_folder(src: Path, bgeort_folder: Path, folder: Path) -> None:
+    """fastembed reads model.onnx, tokenizer.json, tokenizer_config.json, special_tokens_map.json and
+    config.json from one folder: the same fused ONNX file bgeort runs, with the source's tokenizer
+    files as a user would have them (tokenizer.json's own truncation and padding kept)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(bgeort_folder / "model.onnx", folder))
+    for name in (*TOKENIZER_FILES, "config.json"):
+        shutil.copy(src / name, folder / name)
+
+
+def make_model(key: str, root: Path, *, force: bool = False) -> Path:
+    base = root / key
+    if (base / "ready").is_file() and not force:
+        return base
+    if base.exists():
+        shutil.rmtree(base)
+    src = base / "src"
+    src.mkdir(parents=True)
+    print(f"[make_models] {key}: source folder", file=sys.stderr, flush=True)
+    if key == "bge-small":
+        write_bge_small_source(src)
+    else:
+        write_minilm_source(src)
+    # bgeort and fastembed get the folder as shipped: sentence-transformers' save_pretrained (below)
+    # rewrites modules.json and 1_Pooling/config.json in its 5.x format, which bgeort's export does
+    # not read (see the bench README).
+    print(f"[make_models] {key}: bgeort export", file=sys.stderr, flush=True)
+    pristine = MINILM if key == "minilm" else src
+    export_bgeort(pristine, base / "bgeort", "bge-small-en-v1.5" if key == "bge-small" else None)
+    write_fastembed_folder(pristine, base / "bgeort", base / "fastembed")
+    print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
+          flush=True)
+    add_st_onnx(src)
+    (base / "ready").write_text("ok\n")
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--only", choices=MODEL_KEYS)
+    parser.add_argument("--force", action="store_true", help="rebuild folders that already exist")
+    args = parser.parse_args(argv)
+    for key in [args.only] if args.only else MODEL_KEYS:
+        print(make_model(key, args.root, force=args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
