@@ -20,7 +20,7 @@ STSB_TEST = DATA / "stsb" / "stsb-en-test.csv"
 SCIFACT = DATA / "scifact" / "corpus.jsonl.gz"
 
 # Sized so that `make bench` (3 rounds, 1 and 2 threads, every peer) takes about 20 minutes on 2 cores.
-SIZES = {"full": {"short": 512, "rag": 48, "mix": 192}, "quick": {"short": 128, "rag": 12, "mix": 48}}
+SIZES = {"full": {"short": 384, "rag": 32, "mix": 128}, "quick": {"short": 128, "rag": 12, "mix": 48}}
 
 
 def stsb_pairs(path: Path = STSB_TEST) -> tuple[list[str], list[str], np.ndarray]:

@@ -160,8 +160,8 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
         f"- Load average at start {tuple(round(x, 2) for x in env['load_average_start'])}, at end "
         f"{tuple(round(x, 2) for x in raw['load_average_end'])} (anything above 0 is someone else's work)",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        f"- Environment at start: " + ", ".join(f"{k}={v}" for k, v in env["env_at_start"].items() if v is not None)
-        + (" (none of the thread/BLAS variables set)" if not any(env["env_at_start"].values()) else ""),
+        "- Environment at start: " + (", ".join(f"{k}={v}" for k, v in env["env_at_start"].items() if v is not None)
+                                      or "none of " + ", ".join(env["env_at_start"]) + " set"),
         f"- Per worker: {env['env_set_per_worker']}; GEMM peak: {env['env_gemm']}",
         f"- Model: bge-small-en-v1.5's shape (12 x 384, 12 heads, FFN 1536, vocab 30522), random weights, real "
         f"uncased tokenizer, max length 512 for every peer. Quality columns: the real all-MiniLM-L6-v2 (max length 256).",
