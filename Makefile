@@ -6,8 +6,9 @@ SOURCE ?= BAAI/bge-small-en-v1.5
 OUT ?= models
 NAME ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup export demo test clean
+.PHONY: help setup export demo test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +30,14 @@ export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed
 
 test: setup  ## run the test suite (exports tiny models and the real MiniLM from ../shared)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	# Naming torch==2.13.0 again keeps the CPU build from setup: pip may not swap it for a CUDA one.
+	$(PY) -m pip install -q -e '.[cpu,export,test,bench]' torch==2.13.0
+	touch $@
+
+bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~20 min; BENCH_ARGS=--quick for a smoke run)
+	$(PY) bench/cpu.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment and exported models
 	rm -rf $(VENV) $(filter-out $(OUT)/README.md,$(wildcard $(OUT)/*))
