@@ -246,8 +246,10 @@ def write_chart(summary: dict, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_title(CORPUS_LABELS[corpus])
         ax.set_xlabel("texts/s (median)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.margins(x=0.15)  # room for the value labels
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle("bge-small shape on this CPU: texts/s, same thread budget for every peer")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
