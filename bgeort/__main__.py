@@ -23,8 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--device", default="auto")
     info = commands.add_parser("info", help="print a model folder's manifest")
     info.add_argument("model")
+    doctor = commands.add_parser("doctor", help="onnxruntime build, providers, CUDA libraries, CPU features")
+    doctor.add_argument("model", nargs="?", help="also say which variant each device would run")
     args = parser.parse_args(argv)
     try:
+        if args.command == "doctor":
+            from .doctor import report
+
+            print("\n".join(report(args.model)))
+            return 0
         if args.command == "info":
             print(json.dumps(load_manifest(args.model).to_dict(), indent=2, ensure_ascii=False))
             return 0

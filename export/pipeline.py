@@ -221,6 +221,7 @@ def _manifest(resolved, config, settings: Settings, staging: Path, variants: dic
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "opset": opset,
             "versions": _versions(),
+            "export_cpu": _export_cpu(),
             "settings_from": settings.resolved_from,
         },
     )
@@ -243,6 +244,16 @@ def _write_tokenizer(model_folder: Path, out_file: Path) -> None:
 def _weights_digest(folder: Path) -> dict:
     return {path.name: sha256_file(path) for path in sorted(folder.glob("*.safetensors")) +
             sorted(folder.glob("pytorch_model*.bin"))}
+
+
+def _export_cpu() -> dict:
+    """The CPU the parity numbers were measured on (int8 kernels differ with VNNI and AVX-512)."""
+    from bgeort.doctor import cpu_facts
+
+    try:
+        return cpu_facts(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return {}
 
 
 def _versions() -> dict:

@@ -1,0 +1,101 @@
+"""`python -m bgeort doctor [MODEL]`: what this machine can run, and what a model folder would run.
+
+Every probe here only reads: nothing is installed, no environment variable is set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+from .errors import BgeortError
+from .manifest import load_manifest
+from .model import choose_precisions
+from .session import CUDA, default_threads, installed_ort_distributions
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
+# Shared libraries onnxruntime-gpu's CUDA provider loads (sonames for CUDA 12 and 13, cuDNN 9).
+CUDA_LIBRARIES = {
+    "CUDA runtime": ("libcudart.so.13", "libcudart.so.12"),
+    "cuBLAS": ("libcublas.so.13", "libcublas.so.12"),
+    "cuBLASLt": ("libcublasLt.so.13", "libcublasLt.so.12"),
+    "cuFFT": ("libcufft.so.12", "libcufft.so.11"),
+    "cuDNN": ("libcudnn.so.9",),
+}
+
+
+def cpu_facts(cpuinfo: str) -> dict:
+    """Model name and the instruction-set flags that matter for int8/fp32 kernels, from /proc/cpuinfo text."""
+    model, flags = platform.processor() or "unknown", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "flags": {flag: flag in flags for flag in CPU_FLAGS}}
+
+
+def find_library(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return name
+    return None
+
+
+def cuda_provider_problem(ort) -> str | None:
+    """Why the CUDA provider library cannot load (the dynamic loader names the missing file), or None."""
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.is_file():
+        return f"{library.name} is not in this onnxruntime (the CPU wheel): pip install 'bgeort[gpu]'"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def report(model: str | None = None) -> list[str]:
+    from .session import import_onnxruntime
+
+    lines = []
+    try:
+        ort = import_onnxruntime()
+    except BgeortError as exc:
+        return [f"onnxruntime: NOT USABLE: {exc}"]
+    available = list(ort.get_available_providers())
+    lines.append(f"onnxruntime {ort.__version__} ({', '.join(installed_ort_distributions()) or 'not from pip'}), "
+                 f"device build: {ort.get_device()}")
+    lines.append(f"providers available: {', '.join(available)}")
+    usable_cuda = False
+    if CUDA in available:
+        problem = cuda_provider_problem(ort)
+        usable_cuda = problem is None
+        lines.append(f"CUDA provider: {'loads' if usable_cuda else 'NOT USABLE: ' + problem}")
+    else:
+        lines.append("CUDA provider: not in this build (pip uninstall -y onnxruntime && pip install 'bgeort[gpu]')")
+    for what, names in CUDA_LIBRARIES.items():
+        found = find_library(names)
+        lines.append(f"  {what:13s} {found or 'missing (' + ' or '.join(names) + ')'}")
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    cpu = cpu_facts(cpuinfo)
+    flags = " ".join(f"{flag}={'yes' if on else 'no'}" for flag, on in cpu["flags"].items())
+    lines.append(f"CPU: {cpu['model']}; {flags}")
+    lines.append(f"threads: {default_threads()} usable cores (os.cpu_count() {os.cpu_count()}); "
+                 "bgeort uses them all unless threads= is given")
+    if model is not None:
+        manifest = load_manifest(model)
+        lines.append(f"model {model}: {manifest.kind} {manifest.name}, variants {', '.join(manifest.variants)}")
+        devices = ["cpu"] + (["cuda:0"] if usable_cuda else [])
+        for device in devices:
+            order = choose_precisions(manifest, "auto", device)
+            lines.append(f"  device={device}: runs {order[0]}" + (f" (fallback {', '.join(order[1:])})" if order[1:] else ""))
+    return lines

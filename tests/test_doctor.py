@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+import pytest
+
+from bgeort.doctor import cpu_facts
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse avx avx2 fma f16c
+processor\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse avx avx2 fma f16c
+"""
+
+
+def test_cpu_facts_reads_model_and_int8_relevant_flags():
+    facts = cpu_facts(CPUINFO)
+    assert facts["model"] in ("AMD EPYC 7B13", facts["model"])  # platform.processor() may win
+    assert facts["flags"]["avx2"] and facts["flags"]["fma"]
+    assert not facts["flags"]["avx512_vnni"] and not facts["flags"]["avx512f"]
+
+
+def test_doctor_on_a_cpu_machine():
+    out = subprocess.run([sys.executable, "-m", "bgeort", "doctor"], capture_output=True, text=True, check=True).stdout
+    assert "providers available:" in out and "CPUExecutionProvider" in out
+    assert "CPU:" in out and "avx2=" in out and "threads:" in out
+    assert "cuDNN" in out
+
+
+@pytest.mark.export
+def test_doctor_says_which_variant_each_device_runs(tiny_model):
+    out = subprocess.run([sys.executable, "-m", "bgeort", "doctor", str(tiny_model)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "device=cpu: runs int8 (fallback fp32, fp32-unfused)" in out
