@@ -41,3 +41,16 @@ bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fast
 
 clean:  ## remove the virtual environment and exported models
 	rm -rf $(VENV) $(filter-out $(OUT)/README.md,$(wildcard $(OUT)/*))
+
+# Quality eval (issue 5): MODEL=models/<name> [RERANKER=models/<reranker>] [EVAL_ARGS=--quick]
+MODEL ?= models/bge-small-en-v1.5
+RERANKER ?=
+EVAL_ARGS ?=
+.PHONY: eval
+
+$(VENV)/.eval-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[cpu,export,test,eval]' torch==2.13.0
+	touch $@
+
+eval: $(VENV)/.eval-installed  ## score MODEL (each precision, PyTorch, published MTEB) on STS, SciFact, Banking77 -> bench/results/eval-<name>.md
+	$(PY) -m bench.eval $(MODEL) $(if $(RERANKER),--reranker $(RERANKER)) $(EVAL_ARGS)
