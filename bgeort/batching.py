@@ -35,3 +35,13 @@ def plan_batches(lengths, *, batch_size: int, max_tokens: int | None = None) -> 
         batches.append(order[start : start + size])
         start += size
     return batches
+
+
+# Defaults per device: (texts per batch, padded tokens per batch). A GPU wants large batches to
+# fill its cores; a CPU gains nothing past a few thousand tokens a run and pays for padding.
+DEVICE_DEFAULTS = {"cpu": (32, None), "cuda": (256, 65536)}
+
+
+def batch_defaults(device: str) -> tuple[int, int | None]:
+    """The default batch size and token budget for 'cpu' or 'cuda:N'."""
+    return DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]

@@ -8,10 +8,11 @@ import warnings
 import numpy as np
 
 from .errors import TruncationWarning
+from .batching import batch_defaults
 from .model import OpenModel
 from .pooling import l2_normalize, pool
 
-DEFAULT_BATCH_SIZE = 32
+POOLED_OUTPUT = "sentence_embedding"  # the output name of graphs that pool inside (export.stages)
 
 
 class Embedder:
@@ -24,7 +25,7 @@ class Embedder:
     """
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
-                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, query_instruction_for_retrieval: str | None = None,
                  normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True):
         """Open the model folder at `path` (see the README for every option).
@@ -36,8 +37,10 @@ class Embedder:
                                      threads=threads, spinning=spinning, verify=verify)
         manifest = self._model.manifest
         self.manifest = manifest
-        self.batch_size = _positive("batch_size", batch_size)
-        self.max_batch_tokens = None if max_batch_tokens is None else _positive("max_batch_tokens", max_batch_tokens)
+        default_size, default_tokens = batch_defaults(self._model.device)
+        self.batch_size = default_size if batch_size is None else _positive("batch_size", batch_size)
+        self.max_batch_tokens = (default_tokens if max_batch_tokens is None
+                                 else _positive("max_batch_tokens", max_batch_tokens))
         self.query_instruction = (manifest.query_instruction if query_instruction_for_retrieval is None
                                   else query_instruction_for_retrieval)
         self.normalize_embeddings = manifest.normalize if normalize_embeddings is None else bool(normalize_embeddings)
@@ -108,11 +111,15 @@ class Embedder:
         if encoded.truncated.any():
             warn_truncated(encoded.truncated, length)
         pooling = self.manifest.pooling
+        if self._model.output_name == POOLED_OUTPUT:  # the graph pools; its rows are the vectors
+            reduce = lambda pooled, arrays: pooled  # noqa: E731
+        else:
+            reduce = lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling)  # noqa: E731
         vectors = self._model.run_batches(
             encoded,
             batch_size=self.batch_size if batch_size is None else _positive("batch_size", batch_size),
             max_tokens=self.max_batch_tokens,
-            reduce=lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling),
+            reduce=reduce,
             width=self.dim,
         )
         if self.normalize_embeddings if normalize is None else normalize:

@@ -35,6 +35,9 @@ class Variant:
     bytes: int
     devices: tuple[str, ...]
     parity: dict = field(default_factory=dict)
+    # The graph output bgeort reads, when it is not the manifest's `output`: "sentence_embedding"
+    # for a graph that pools inside (so a GPU copies back one row per text, not every token's state).
+    output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Manifest:
         data["inputs"] = list(self.inputs)
         for variant in data["variants"].values():
             variant["devices"] = list(variant["devices"])
+            if variant["output"] is None:
+                del variant["output"]
         return {"format": FORMAT_NAME, **data}
 
 
@@ -85,6 +90,7 @@ _TOP_LEVEL = {
     "provenance": (dict,),
 }
 _VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
+_VARIANT_OPTIONAL = {"output": (str,)}
 
 
 def rebuild_hint(folder: str | os.PathLike, source: str | None = None) -> str:
@@ -176,7 +182,7 @@ def parse_manifest(data: object, path: Path) -> Manifest:
             raise fail(f"unknown precision {precision!r} in 'variants' (known: {PRECISIONS})")
         if not isinstance(entry, dict):
             raise fail(f"variant {precision!r} is not an object")
-        _check_keys(entry, _VARIANT, f"variant {precision!r}", fail)
+        _check_keys(entry, _VARIANT, f"variant {precision!r}", fail, optional=_VARIANT_OPTIONAL)
         file = entry["file"]
         if Path(file).name != file:
             raise fail(f"variant {precision!r} names {file!r}, which is not a plain file name in the folder")
@@ -186,6 +192,7 @@ def parse_manifest(data: object, path: Path) -> Manifest:
             bytes=entry["bytes"],
             devices=tuple(entry["devices"]),
             parity=entry["parity"],
+            output=entry.get("output"),
         )
     fields = {key: data[key] for key in _TOP_LEVEL if key != "format"}
     fields["inputs"] = tuple(data["inputs"])
@@ -193,14 +200,15 @@ def parse_manifest(data: object, path: Path) -> Manifest:
     return Manifest(**fields)
 
 
-def _check_keys(data: dict, schema: dict, what: str, fail) -> None:
-    unknown = sorted(set(data) - set(schema))
+def _check_keys(data: dict, schema: dict, what: str, fail, optional: dict | None = None) -> None:
+    optional = optional or {}
+    unknown = sorted(set(data) - set(schema) - set(optional))
     if unknown:
         raise fail(f"{what} has unknown keys {unknown} (written by a different bgeort?)")
     missing = sorted(set(schema) - set(data))
     if missing:
         raise fail(f"{what} lacks required keys {missing}")
-    for key, types in schema.items():
+    for key, types in [*schema.items(), *((k, t) for k, t in optional.items() if k in data)]:
         value = data[key]
         # bool is an int in Python; a manifest that says `"dim": true` is still wrong.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):

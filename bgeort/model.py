@@ -95,7 +95,7 @@ class OpenModel:
                                   RuntimeWarning, stacklevel=3)
                     continue
                 return cls(path, manifest, tokenizer, session, name, choice.device,
-                           _model_inputs(session, manifest), manifest.output)
+                           _model_inputs(session, manifest), variant.output or manifest.output)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -110,9 +110,24 @@ class OpenModel:
         for indices in plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens):
             arrays = self.tokenizer.pad(encoded, indices)
             feed = {name: arrays[name] for name in self.input_names}
-            (result,) = self.session.run(outputs, feed)
+            if self.device == "cpu":
+                (result,) = self.session.run(outputs, feed)
+            else:
+                result = run_bound(self.session, feed, self.output_name, self.device)
             out[indices] = reduce(result, arrays)
         return out
+
+
+def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) -> np.ndarray:
+    """One run with IOBinding: inputs copied to the device once, the output left there by the run
+    and copied back whole once (for a graph that pools inside, one row per text)."""
+    kind, _, index = device.partition(":")
+    binding = session.io_binding()
+    for name, array in feed.items():
+        binding.bind_cpu_input(name, array)
+    binding.bind_output(output, kind, int(index or 0))
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
 
 
 def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:

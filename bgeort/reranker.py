@@ -8,9 +8,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .embedder import _positive, check_texts, warn_truncated
+from .batching import batch_defaults
 from .model import OpenModel
 
-DEFAULT_BATCH_SIZE = 32
 
 
 class Ranking(NamedTuple):
@@ -40,13 +40,15 @@ class Reranker:
     """
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
-                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, spinning: bool = True, verify: bool = True):
         self._model = OpenModel.open(path, kind="reranker", precision=precision, device=device,
                                      threads=threads, spinning=spinning, verify=verify)
         self.manifest = self._model.manifest
-        self.batch_size = _positive("batch_size", batch_size)
-        self.max_batch_tokens = None if max_batch_tokens is None else _positive("max_batch_tokens", max_batch_tokens)
+        default_size, default_tokens = batch_defaults(self._model.device)
+        self.batch_size = default_size if batch_size is None else _positive("batch_size", batch_size)
+        self.max_batch_tokens = (default_tokens if max_batch_tokens is None
+                                 else _positive("max_batch_tokens", max_batch_tokens))
 
     path = property(lambda self: self._model.path)
     precision = property(lambda self: self._model.precision, doc="the variant that runs")

@@ -131,10 +131,13 @@ def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None
     wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     active = session.get_providers()
     if not active or active[0] != wanted:
+        from .doctor import cuda_provider_problem  # only on this error path
+
+        problem = cuda_provider_problem(ort) if wanted == CUDA else None
         raise DeviceError(
             f"asked ONNX Runtime for {wanted} on {choice.device} but the session runs on {active}: "
-            "the CUDA or cuDNN libraries this onnxruntime-gpu needs were not found. "
-            "Check them with `python -m bgeort doctor`, or use device='cpu'"
+            f"{problem or 'the CUDA or cuDNN libraries this onnxruntime-gpu needs were not found'}. "
+            "See `python -m bgeort doctor` for what is missing, or use device='cpu'"
         )
     return session
 

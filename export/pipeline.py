@@ -157,6 +157,9 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         log("converting to fp16")
         stages.convert_fp16(staging / FILES["fp32"], staging / FILES["fp16"])
         built["fp16"] = {}
+        if settings.kind == "embedder":  # the CUDA variant pools inside the graph (see add_pooling)
+            stages.add_pooling(staging / FILES["fp16"], staging / FILES["fp16"], pooling=settings.pooling)
+            built["fp16"] = {"pooled_in_graph": True}
 
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
@@ -193,8 +196,9 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
 
 def _variant(staging: Path, precision: str, parity: dict) -> Variant:
     file = staging / FILES[precision]
+    output = stages.POOLED_OUTPUT if parity.get("pooled_in_graph") else None
     return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,
-                   devices=tuple(DEVICES[precision]), parity=parity)
+                   devices=tuple(DEVICES[precision]), parity=parity, output=output)
 
 
 def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:

@@ -130,3 +130,52 @@ def convert_fp16(fused_file: Path, out_file: Path) -> None:
     model = OnnxModel(onnx.load(str(fused_file)))
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(out_file))
+
+
+POOLED_OUTPUT = "sentence_embedding"
+
+
+def add_pooling(model_file: Path, out_file: Path, *, pooling: str, hidden_output: str = "last_hidden_state") -> None:
+    """Append CLS or mean pooling to the graph, in float32, and make the pooled rows its only output.
+
+    For the CUDA path: with pooling inside, only (batch, dim) comes back to the host instead of
+    every token's state. Normalization stays in numpy, as on every other path.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_file))
+    graph = model.graph
+    hidden = next((o for o in graph.output if o.name == hidden_output), None)
+    if hidden is None or hidden.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ExportError(f"{model_file.name} has no float32 output {hidden_output!r} to pool")
+    prefix = "bgeort_pool/"
+    if pooling == "cls":
+        graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), prefix + "first"))
+        graph.node.append(helper.make_node("Gather", [hidden_output, prefix + "first"], [POOLED_OUTPUT], axis=1,
+                                           name=prefix + "cls"))
+    elif pooling == "mean":
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([1], dtype=np.int64), prefix + "axis1"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), prefix + "axis2"),
+            numpy_helper.from_array(np.array(1e-9, dtype=np.float32), prefix + "eps"),
+        ])
+        graph.node.extend([
+            helper.make_node("Cast", ["attention_mask"], [prefix + "mask"], to=TensorProto.FLOAT, name=prefix + "cast"),
+            helper.make_node("Unsqueeze", [prefix + "mask", prefix + "axis2"], [prefix + "mask3"], name=prefix + "unsq"),
+            helper.make_node("Mul", [hidden_output, prefix + "mask3"], [prefix + "masked"], name=prefix + "mul"),
+            helper.make_node("ReduceSum", [prefix + "masked", prefix + "axis1"], [prefix + "sum"], keepdims=0,
+                             name=prefix + "sum"),
+            helper.make_node("ReduceSum", [prefix + "mask", prefix + "axis1"], [prefix + "count"], keepdims=1,
+                             name=prefix + "count"),
+            helper.make_node("Max", [prefix + "count", prefix + "eps"], [prefix + "safe"], name=prefix + "max"),
+            helper.make_node("Div", [prefix + "sum", prefix + "safe"], [POOLED_OUTPUT], name=prefix + "div"),
+        ])
+    else:
+        raise ExportError(f"cannot put pooling {pooling!r} into the graph")
+    dim = hidden.type.tensor_type.shape.dim
+    pooled = helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, [dim[0].dim_param or "batch", dim[2].dim_value])
+    del graph.output[:]
+    graph.output.append(pooled)
+    onnx.save(model, str(out_file))

@@ -38,3 +38,11 @@ def test_plan_batches_covers_every_index_once_within_limits():
 def test_plan_batches_rejects_bad_limits(kwargs):
     with pytest.raises(ValueError):
         plan_batches([1, 2], **kwargs)
+
+
+def test_device_defaults():
+    from bgeort.batching import batch_defaults
+
+    assert batch_defaults("cpu") == (32, None)
+    size, tokens = batch_defaults("cuda:1")
+    assert size > 32 and tokens >= size * 64

@@ -192,3 +192,26 @@ def test_vector_does_not_depend_on_batch_neighbours(bge_small_shaped):
     cosine = (alone * mixed[2:]).sum(axis=1)
     assert cosine.min() >= 0.99999
     assert model.token_counts(long_texts).min() > 512
+
+
+def test_fp16_variant_pools_inside_the_graph(tiny_model, tiny):
+    """The CUDA variant (fp16, pooling in the graph) checked on the CPU against fp32 + numpy pooling."""
+    fp16 = bgeort.Embedder(tiny_model, precision="fp16", device="cpu")
+    assert fp16._model.output_name == "sentence_embedding"
+    assert bgeort.load_manifest(tiny_model).variants["fp16"].output == "sentence_embedding"
+    cosine = (fp16.encode(SENTENCES) * tiny.encode(SENTENCES)).sum(axis=1)
+    assert cosine.min() >= 0.999
+
+
+def test_iobinding_run_equals_plain_run(tiny_model):
+    """The IOBinding path the CUDA device uses, exercised with CPU memory."""
+    from bgeort.model import run_bound
+
+    model = bgeort.Embedder(tiny_model, precision="fp16", device="cpu")
+    session = model._model.session
+    feed = model._model.tokenizer.pad(model._model.tokenizer.encode(SENTENCES), np.arange(len(SENTENCES)))
+    feed = {name: feed[name] for name in model._model.input_names}
+    plain = session.run(["sentence_embedding"], feed)[0]
+    bound = run_bound(session, feed, "sentence_embedding", "cpu")
+    assert bound.shape == (len(SENTENCES), 32)
+    np.testing.assert_array_equal(bound, plain)

@@ -173,3 +173,17 @@ def test_evaluate_writes_the_report(minilm_model, tmp_path):
     text = md.read_text(encoding="utf-8")
     assert "| STSBenchmark | cos Spearman | 82.0325 |" in text and "**tokens/s**" in text
     assert json.loads(js.read_text(encoding="utf-8"))["command"] == "python -m bench.eval test"
+
+
+def test_rerank_rescores_the_top_k_and_reports_ndcg_before_and_after():
+    class Oracle:  # scores a passage 1 when it is relevant to its query: the ideal reranker
+        def compute_score(self, pairs):
+            return np.array([float(passage.startswith(query)) for query, passage in pairs], dtype=np.float32)
+
+    task = data.RetrievalSet(doc_ids=["d1", "d2", "d3"], docs=["q1 yes", "no", "q2 yes"], query_ids=["q1", "q2"],
+                             queries=["q1", "q2"], qrels={"q1": {"d1": 1}, "q2": {"d3": 1}})
+    run = {"q1": ["d2", "d1", "d3"], "q2": ["d1", "d2", "d3"]}  # relevant at rank 2, then rank 3
+    found = tasks.rerank(Oracle(), task, run, depth=3)
+    assert found["ndcg_at_10_before"] == pytest.approx(100 * round((LOG3 + 0.5) / 2, 5))
+    assert found["ndcg_at_10_after"] == 100.0 and found["pairs"] == 6
+    assert tasks.rerank(Oracle(), task, run, depth=1)["ndcg_at_10_after"] == 0.0  # only the top 1 is rescored
