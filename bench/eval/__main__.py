@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import report
+from .data import DATA
 from .run import PRECISIONS, QUICK, Scope, evaluate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-source", help="the reference's model folder (default: the manifest's source)")
     parser.add_argument("--tasks", default="sts,retrieval,classification", help="families (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a reduced smoke run (300 pairs per STS task, ...)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the evaluation sets (default: %(default)s)")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     parser.add_argument("--out", type=Path, help="output path without suffix (default: bench/results/eval-<name>)")
     args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = evaluate(args.model, precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
                       reference=not args.no_reference, reference_source=args.reference_source,
-                      reranker=args.reranker, scope=scope, notes=args.note,
+                      reranker=args.reranker, scope=scope, notes=args.note, data_dir=args.data,
                       log=lambda message: print(message, file=sys.stderr, flush=True), progress=checkpoint)
     stem = stem or RESULTS / f"eval-{result['model']}"
     md, js = report.write(result, stem, command=command)
