@@ -125,9 +125,20 @@ def write_fastembed_folder(src: Path, bgeort_folder: Path, folder: Path) -> None
         shutil.copy(src / name, folder / name)
 
 
+def build_fingerprint() -> str:
+    """Hash of the code that builds the folders: a change to export/, the manifest or this file rebuilds them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "export").glob("*.py")) + [REPO / "bgeort" / "manifest.py", Path(__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     base = root / key
-    if (base / "ready").is_file() and not force:
+    stamp = base / "ready"
+    if not force and stamp.is_file() and stamp.read_text().strip() == build_fingerprint():
         return base
     if base.exists():
         shutil.rmtree(base)
@@ -148,7 +159,7 @@ def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
           flush=True)
     add_st_onnx(src)
-    (base / "ready").write_text("ok\n")
+    stamp.write_text(build_fingerprint() + "\n")
     return base
 
 
