@@ -35,9 +35,9 @@ def to_markdown(result: dict, *, command: str) -> str:
         digits = _digits(row)
         cells = [row["task"], row["metric"], _cell(row["published"], digits)]
         cells += [_cell(row["values"].get(name), digits) for name in columns]
-        for a, b in deltas:
+        for a, b in deltas:  # 6 decimals: a correct fp32 pipeline is within ~1e-5 points of published STS
             x, y = _value(row, a), _value(row, b)
-            cells.append(_cell(None if x is None or y is None else x - y, digits, signed=True))
+            cells.append(_cell(None if x is None or y is None else x - y, 6 if digits == 4 else digits, signed=True))
         cells.append(str(row["truncated"]))
         lines.append("| " + " | ".join(cells) + " |")
     speed = ["**tokens/s**", "", ""] + [_cell(result["columns"][c]["tokens_per_s"], 0) for c in columns]
@@ -77,7 +77,7 @@ def _checks(checks: list[dict]) -> list[str]:
     if not checks:
         return ["", "## Checks", "", "No checks: reduced scope, or no published numbers / precisions to compare."]
     lines = ["", "## Checks", "", "| check | delta | result |", "|---|---:|---|"]
-    lines += [f"| {c['check']} | {c['delta']:+.4f} | {'pass' if c['passed'] else '**FAIL**'} |" for c in checks]
+    lines += [f"| {c['check']} | {c['delta']:+.6f} | {'pass' if c['passed'] else '**FAIL**'} |" for c in checks]
     return lines
 
 
@@ -102,9 +102,24 @@ def _notes(result: dict) -> list[str]:
     return notes
 
 
+def rewrite_markdown(json_path: Path) -> Path:
+    """Render the markdown again from a written JSON (after a change to this module)."""
+    result = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    md = Path(json_path).with_suffix(".md")
+    md.write_text(to_markdown(result, command=result.pop("command")), encoding="utf-8")
+    return md
+
+
 def write(result: dict, stem: Path, *, command: str) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
     md.write_text(to_markdown(result, command=command), encoding="utf-8")
     js.write_text(json.dumps({"command": command, **result}, indent=2) + "\n", encoding="utf-8")
     return md, js
+
+
+if __name__ == "__main__":  # python -m bench.eval.report bench/results/eval-<name>.json
+    import sys
+
+    for path in sys.argv[1:]:
+        print(rewrite_markdown(Path(path)))
