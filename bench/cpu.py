@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from corpora import SIZES, build_corpora  # noqa: E402
 from environment import describe_environment  # noqa: E402
-from make_models import DEFAULT_ROOT, make_model, st_int8_file  # noqa: E402
+from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
 from peers import DESCRIPTIONS, PEERS  # noqa: E402
 from report import summarize, write_chart, write_markdown  # noqa: E402
 
@@ -187,8 +187,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.log_dir = HERE / "results" / "tmp" / "logs"
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    for model in MODELS:
-        log(f"model folder {model}: {make_model(model, args.models)}")
+    for model in MODELS:  # in a subprocess: building imports torch, and the driver should stay small
+        subprocess.run([sys.executable, str(HERE / "make_models.py"), "--root", str(args.models), "--only", model],
+                       check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        log(f"model folder {model}: {args.models / model}")
     corpora = build_corpora(args.size)
     corpora_file = HERE / "results" / "tmp" / f"corpora-{args.size}.json"
     corpora_file.write_text(json.dumps(corpora))

@@ -34,7 +34,13 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """VmHWM: this process image's peak RSS. (ru_maxrss would not do: Linux carries it over from
+    the parent through fork and exec, so a worker of a big driver would report the driver's.)"""
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def sts_spearman(encode) -> float:
