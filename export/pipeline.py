@@ -149,10 +149,9 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
                                                     embedding_fusion=config["model_type"] == "bert")}
         except ExportError as exc:
             log(f"fp32 fused graph not written: {exc}")
-    if "int8" in precisions and "fp32" in built:
+    if "int8" in precisions:
         log("quantizing to int8")
-        built["int8"] = {"quantized_ops": stages.quantize_int8(staging / FILES["fp32"], staging / FILES["int8"],
-                                                               num_layers=layers)}
+        built["int8"] = {"quantized_ops": stages.quantize_int8(plain, staging / FILES["int8"], num_layers=layers)}
     if "fp16" in precisions and "fp32" in built:
         log("converting to fp16")
         stages.convert_fp16(staging / FILES["fp32"], staging / FILES["fp16"])
