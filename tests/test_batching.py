@@ -43,6 +43,20 @@ def test_plan_batches_rejects_bad_limits(kwargs):
 def test_device_defaults():
     from bgeort.batching import batch_defaults
 
-    assert batch_defaults("cpu") == (32, None)
+    assert batch_defaults("cpu") == (32, 2048)
     size, tokens = batch_defaults("cuda:1")
     assert size > 32 and tokens >= size * 64
+
+
+def test_a_batch_ends_where_lengths_jump():
+    batches = plan_batches([100, 90, 60, 58, 10, 9], batch_size=8)
+    assert [b.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_long_tailed_corpus_pads_little():
+    rng = np.random.default_rng(1)
+    lengths = np.clip(rng.lognormal(mean=3.5, sigma=1.0, size=5000).astype(int), 3, 512)
+    batches = plan_batches(lengths, batch_size=32)
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded <= 1.15 * lengths.sum()
+    assert np.mean([len(b) for b in batches]) >= 16  # and batches stay large
