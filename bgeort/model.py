@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from .session import ProviderChoice, available_providers, choose_providers, impo
 from .tokenization import Encoded, TextTokenizer
 
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-sha256")
 
 
 def choose_precisions(manifest: Manifest, precision: str, device: str) -> list[str]:
@@ -81,19 +83,27 @@ class OpenModel:
             for name in choose_precisions(manifest, precision, choice.device):
                 variant = manifest.variants[name]
                 file = path / variant.file
-                _check_file(file, variant.sha256, verify, hint)
+                if not file.is_file():
+                    raise ModelFolderError(f"{file} is missing from the model folder. Rebuild it with: {hint}")
+                # The hash runs beside the session's creation (hashlib releases the GIL); it is
+                # checked first on every path, so a corrupt file is reported as corrupt.
+                hashing = _HASHER.submit(_check_file, file, variant.sha256, verify, hint)
                 try:
                     session = open_session(str(file), choice, threads=threads, spinning=spinning)
                 except DeviceError as exc:
+                    hashing.result()
                     errors.append(exc)
                     break  # this device does not work; the next choice is another device
                 except (BgeortError, ValueError, TypeError):
+                    hashing.result()
                     raise
                 except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+                    hashing.result()
                     errors.append(exc)
                     warnings.warn(f"bgeort: could not load {file.name} ({exc}); trying the next variant",
                                   RuntimeWarning, stacklevel=3)
                     continue
+                hashing.result()
                 return cls(path, manifest, tokenizer, session, name, choice.device,
                            _model_inputs(session, manifest), variant.output or manifest.output)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):

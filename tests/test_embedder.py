@@ -136,6 +136,12 @@ def test_hash_mismatch_names_the_file_and_the_rebuild(folder_copy):
         bgeort.Embedder(folder_copy, precision="fp32")
 
 
+def test_unloadable_corrupt_file_is_reported_as_corrupt(folder_copy):
+    (folder_copy / "model_int8.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelFolderError, match=r"model_int8.onnx does not match the sha256"):
+        bgeort.Embedder(folder_copy)
+
+
 def test_missing_model_file(folder_copy):
     (folder_copy / "model_int8.onnx").unlink()
     with pytest.raises(ModelFolderError, match=r"model_int8.onnx is missing.*make export"):
