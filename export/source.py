@@ -66,7 +66,7 @@ def _transformer_folder(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     for module in _modules(folder):
-        if module.get("type", "").endswith("models.Transformer"):
+        if _module_class(module) == "Transformer":
             candidate = folder / module.get("path", "")
             if (candidate / "config.json").is_file():
                 return candidate
@@ -98,9 +98,9 @@ def read_folder_facts(root: Path, folder: Path, config: dict) -> FolderFacts:
     pooling = normalize = max_length = None
     modules = _modules(root)
     if modules:
-        normalize = any(m.get("type", "").endswith("models.Normalize") for m in modules)
+        normalize = any(_module_class(m) == "Normalize" for m in modules)
         for module in modules:
-            if module.get("type", "").endswith("models.Pooling"):
+            if _module_class(module) == "Pooling":
                 pooling = _pooling_mode(root / module.get("path", "") / "config.json")
     bert_config = folder / "sentence_bert_config.json"
     if bert_config.is_file():
@@ -108,8 +108,11 @@ def read_folder_facts(root: Path, folder: Path, config: dict) -> FolderFacts:
         notes["sentence_bert_config.json max_seq_length"] = max_length
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
-        notes["tokenizer_config.json model_max_length"] = json.loads(
-            tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+        model_max_length = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+        notes["tokenizer_config.json model_max_length"] = model_max_length
+        # sentence-transformers 5 no longer writes max_seq_length; it keeps the length here.
+        if modules and max_length is None and isinstance(model_max_length, int) and model_max_length < 10**6:
+            max_length = model_max_length
     tokenizer_json = folder / "tokenizer.json"
     if tokenizer_json.is_file():
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
@@ -119,13 +122,22 @@ def read_folder_facts(root: Path, folder: Path, config: dict) -> FolderFacts:
     return FolderFacts(pooling=pooling, normalize=normalize, max_length=max_length, notes=notes)
 
 
+def _module_class(module: dict) -> str:
+    """'Pooling' from 'sentence_transformers.models.Pooling' (v2-v4) or
+    'sentence_transformers.sentence_transformer.modules.pooling.Pooling' (v5)."""
+    return module.get("type", "").rsplit(".", 1)[-1]
+
+
 def _pooling_mode(path: Path) -> str:
     data = json.loads(path.read_text(encoding="utf-8"))
-    modes = [key for key, value in data.items() if key.startswith("pooling_mode") and value]
-    table = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+    if isinstance(data.get("pooling_mode"), str):  # sentence-transformers 5: "pooling_mode": "mean"
+        modes = [data["pooling_mode"]]
+    else:
+        modes = [key for key, value in data.items() if key.startswith("pooling_mode") and value]
+    table = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "cls": "cls", "mean": "mean"}
     if len(modes) != 1 or modes[0] not in table:
         raise ExportError(f"{path} asks for pooling {modes}; bgeort supports exactly one of "
-                          "pooling_mode_cls_token or pooling_mode_mean_tokens")
+                          "CLS-token or mean pooling")
     return table[modes[0]]
 
 

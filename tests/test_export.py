@@ -138,3 +138,26 @@ def test_plain_transformers_folder_without_pooling_needs_the_option(tmp_path):
     manifest = load_manifest(folder)
     assert (manifest.pooling, manifest.max_length) == ("cls", 64)
     assert set(manifest.variants) == {"fp32-unfused"}
+
+
+def test_sentence_transformers_5_folder_format(tmp_path):
+    """sentence-transformers 5 writes module classes under new paths, `"pooling_mode": "cls"`, and the
+    max length in tokenizer_config.json instead of sentence_bert_config.json."""
+    from tests.conftest import make_bert_source
+
+    source = make_bert_source(tmp_path / "st5-bert", layers=1, hidden=32, heads=4, ffn=64, positions=128,
+                              tokenizer_from=None)
+    (source / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.sentence_transformer.modules.normalize.Normalize"}]))
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "cls"}))
+    (source / "sentence_bert_config.json").write_text(json.dumps({"transformer_task": "feature-extraction"}))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 48
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    manifest = load_manifest(export_model(str(source), out=tmp_path / "models", precisions=("fp32",)))
+    assert (manifest.pooling, manifest.normalize, manifest.max_length) == ("cls", True, 48)
