@@ -162,8 +162,7 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
 
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
-    _provisional = _manifest(resolved, config, settings, staging, variants, used_opset)
-    dump_manifest(_provisional, staging)
+    dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset), staging)
 
     if settings.kind == "reranker":
         probes = verify.probe_pairs(settings.max_length)
