@@ -7,12 +7,12 @@ import warnings
 
 import numpy as np
 
-from .errors import TruncationWarning
 from .batching import batch_defaults
+from .errors import TruncationWarning
+from .manifest import POOLED_OUTPUT
 from .model import OpenModel
 from .pooling import l2_normalize, pool
 
-POOLED_OUTPUT = "sentence_embedding"  # the output name of graphs that pool inside (export.stages)
 
 
 class Embedder:

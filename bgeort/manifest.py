@@ -24,6 +24,8 @@ POOLINGS = ("cls", "mean", "none")  # "none": a reranker's graph ends in its cla
 # Precisions a folder may hold. "fp32" is the ONNX Runtime-fused graph; "fp32-unfused" is the plain
 # exporter graph kept as a fallback for builds of ONNX Runtime without the contrib fused operators.
 PRECISIONS = ("fp32", "fp32-unfused", "int8", "fp16")
+# The output of a graph that pools inside (the fp16/CUDA variant): one row per text.
+POOLED_OUTPUT = "sentence_embedding"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 from .batching import plan_batches
 from .errors import BgeortError, DeviceError, ModelFolderError
 from .manifest import Manifest, load_manifest, rebuild_hint, sha256_file
-from .session import ProviderChoice, available_providers, choose_providers, import_onnxruntime, open_session
+from .session import available_providers, choose_providers, import_onnxruntime, open_session
 from .tokenization import Encoded, TextTokenizer
 
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
@@ -90,15 +90,13 @@ class OpenModel:
                 hashing = _HASHER.submit(_check_file, file, variant.sha256, verify, hint)
                 try:
                     session = open_session(str(file), choice, threads=threads, spinning=spinning)
-                except DeviceError as exc:
-                    hashing.result()
-                    errors.append(exc)
-                    break  # this device does not work; the next choice is another device
-                except (BgeortError, ValueError, TypeError):
-                    hashing.result()
-                    raise
                 except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
                     hashing.result()
+                    if isinstance(exc, DeviceError):
+                        errors.append(exc)
+                        break  # this device does not work; the next choice is another device
+                    if isinstance(exc, (BgeortError, ValueError, TypeError)):
+                        raise
                     errors.append(exc)
                     warnings.warn(f"bgeort: could not load {file.name} ({exc}); trying the next variant",
                                   RuntimeWarning, stacklevel=3)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bgeort.manifest import MANIFEST_NAME, Manifest, Variant, dump_manifest, sha256_file
+from bgeort.manifest import POOLED_OUTPUT, Manifest, Variant, dump_manifest, sha256_file
 
 from . import stages, verify
 from .families import DEFAULT_SOURCE, Family, find_family
@@ -194,7 +194,7 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
 
 def _variant(staging: Path, precision: str, parity: dict) -> Variant:
     file = staging / FILES[precision]
-    output = stages.POOLED_OUTPUT if parity.get("pooled_in_graph") else None
+    output = POOLED_OUTPUT if parity.get("pooled_in_graph") else None
     return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,
                    devices=tuple(DEVICES[precision]), parity=parity, output=output)
 

@@ -11,6 +11,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from bgeort.manifest import POOLED_OUTPUT
+
 from .source import ExportError
 
 # The ONNX Runtime transformer optimizer is chatty at INFO and warns about things we check ourselves.
@@ -130,9 +132,6 @@ def convert_fp16(fused_file: Path, out_file: Path) -> None:
     model = OnnxModel(onnx.load(str(fused_file)))
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(out_file))
-
-
-POOLED_OUTPUT = "sentence_embedding"
 
 
 def add_pooling(model_file: Path, out_file: Path, *, pooling: str, hidden_output: str = "last_hidden_state") -> None:
