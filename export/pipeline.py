@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bgeort.manifest import POOLED_OUTPUT, Manifest, Variant, dump_manifest, sha256_file
 
-from . import stages, verify
+from . import int8, stages, verify
+from .calibration import calibration_texts
 from .families import DEFAULT_SOURCE, Family, find_family
 from .source import ExportError, FolderFacts, position_limit, read_folder_facts, resolve_source
 
@@ -151,7 +152,10 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
             log(f"fp32 fused graph not written: {exc}")
     if "int8" in precisions:
         log("quantizing to int8")
-        built["int8"] = {"quantized_ops": stages.quantize_int8(plain, staging / FILES["int8"], num_layers=layers)}
+        texts = calibration_texts()
+        ranges = int8.activation_ranges(plain, staging / "tokenizer.json", texts, max_length=settings.max_length)
+        quantized = int8.quantize_int8(plain, staging / FILES["int8"], num_layers=layers, ranges=ranges)
+        built["int8"] = {"quantized_ops": {**quantized, "calibration_texts": len(texts)}}
     if "fp16" in precisions and "fp32" in built:
         log("converting to fp16")
         stages.convert_fp16(staging / FILES["fp32"], staging / FILES["fp16"])

@@ -1,4 +1,4 @@
-"""The export stages, one function each: ONNX graph, fused graph, int8 graph, fp16 graph.
+"""The export stages, one function each: ONNX graph, fused graph, fp16 graph (int8: export/int8.py).
 
 Each takes a path and writes a path; none knows about the others or about the model folder.
 """
@@ -74,54 +74,6 @@ def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, h
                           f"{missing}. The exported graph's attention pattern is not one the optimizer knows")
     return {op: ops[op] for op in sorted(ops) if op in ("Attention", "SkipLayerNormalization",
                                                       "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu")}
-
-
-def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int) -> dict[str, int]:
-    """Dynamic int8 of the unfused graph: signed per-channel 7-bit weights on every weight MatMul,
-    activations quantized at run time, attention's own products left in fp32.
-
-    Measured on an Intel Xeon (AVX-512 VNNI) with bge-small's shape, 1 thread (texts/s, short STS-B
-    sentences / SciFact chunks): from the unfused graph 425-476 / 7.1; from the fused graph (one
-    QAttention per layer) 359 / 6.7; fp32 164 / 4.3. Accuracy, all-MiniLM-L6-v2 on STS-B (2758
-    sentences, cosine to fp32): per-channel 8-bit 0.9919; 7-bit 0.9907; per-tensor 0.958; u8
-    weights 0.9922 but no faster than fp32. The x64quantprecision option changed no output.
-
-    Why 7-bit (reduce_range): without VNNI, AVX2 multiplies u8 activations by s8 weights with a
-    saturating 16-bit add of two products (255 * 127 * 2 overflows int16), so full-range weights can
-    drift on exactly the edge CPUs int8 is for; 7-bit weights (255 * 63 * 2 < 32767) cannot, on any
-    CPU, with the same kernels and speed. Keeping the FFN output projection of the first and last
-    layer in fp32 (their inputs carry GELU outliers) lifts the mean cosine by ~0.002 for ~3% of the
-    time; all layers' would cost a third of int8's speed.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    keep_fp32 = ffn_output_matmuls(plain_file, layers=(0, num_layers - 1))
-    quantize_dynamic(str(plain_file), str(out_file), per_channel=True, reduce_range=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
-    ops = count_ops(out_file)
-    quantized = {"MatMulInteger": ops.get("MatMulInteger", 0), "kept_fp32": len(keep_fp32)}
-    expected = 6 * num_layers - len(keep_fp32)  # Q, K, V, attention output, FFN in, FFN out
-    if quantized["MatMulInteger"] < expected:
-        raise ExportError(f"int8 quantization quantized {quantized['MatMulInteger']} weight MatMuls, "
-                          f"expected at least {expected} for {num_layers} layers")
-    return quantized
-
-
-def ffn_output_matmuls(path: Path, *, layers) -> list[str]:
-    """Names of the FFN down-projection MatMuls of the given layers (optimum's node naming)."""
-    import re
-
-    import onnx
-
-    pattern = re.compile(r"layer\.(\d+)/output/dense/MatMul$")
-    names = []
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        match = pattern.search(node.name)
-        if node.op_type == "MatMul" and match and int(match.group(1)) in layers:
-            names.append(node.name)
-    return names
 
 
 def convert_fp16(fused_file: Path, out_file: Path) -> None:

@@ -188,8 +188,9 @@ def test_query_instruction_is_prepended_to_queries_only(bge_small_shaped):
     np.testing.assert_allclose(custom.encode_queries([query]), model.encode([query]), atol=1e-6)
 
 
-def test_vector_does_not_depend_on_batch_neighbours(bge_small_shaped):
-    model = bgeort.Embedder(bge_small_shaped, precision="fp32")
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_vector_does_not_depend_on_batch_neighbours(bge_small_shaped, precision):
+    model = bgeort.Embedder(bge_small_shaped, precision=precision)
     short = ["what is a panda?", "The giant panda is a bear species endemic to China."]
     long_texts = [" ".join(["bamboo forest"] * 300), " ".join(["mountain"] * 600)]  # past 512 tokens
     alone = model.encode(short)

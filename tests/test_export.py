@@ -6,9 +6,10 @@ import os
 import pytest
 
 from bgeort.manifest import load_manifest, sha256_file
-from export import export_model, stages, verify
+from export import export_model, int8, stages, verify
 from export.families import EN_QUERY_INSTRUCTION, FAMILIES
 from export.source import ExportError, resolve_source
+from tests.conftest import TINY_VOCAB
 
 pytestmark = pytest.mark.export
 
@@ -40,7 +41,12 @@ def test_every_variant_is_written_verified_and_hashed(tiny_model):
     assert manifest.variants["fp32"].parity["max_abs_diff"] <= 1e-4
     assert manifest.variants["fp32"].parity["min_cosine"] >= 0.99999
     quantized = manifest.variants["int8"].parity["quantized_ops"]
-    assert quantized == {"MatMulInteger": 6 * 2 - 2, "kept_fp32": 2}  # first and last FFN output stay fp32
+    # first and last FFN output stay fp32 (with 2 layers: both); the word-embedding table is int8
+    assert (quantized["MatMulIntegerToFloat"], quantized["kept_fp32"], quantized["gelu_shifted"]) == (6 * 2 - 2, 2, 0)
+    assert quantized["int8_embedding_rows"] == len(TINY_VOCAB)
+    # LayerNorm outputs feeding weight MatMuls: embeddings, then per layer the attention output's and
+    # (but for the last layer) the FFN output's; ranges from the calibration texts
+    assert quantized["smoothed_inputs"] == 1 + 2 + 1 and quantized["calibration_texts"] > 30
     assert "avx2" in manifest.provenance["export_cpu"]["flags"]
     assert manifest.variants["fp32"].parity["fusions"]["Attention"] == 2
     assert manifest.provenance["versions"]["torch"].startswith("2.")
@@ -82,7 +88,7 @@ def test_interrupted_export_leaves_no_folder_and_keeps_the_old_one(tiny_source, 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages, "quantize_int8", crash)
+    monkeypatch.setattr(int8, "quantize_int8", crash)
     with pytest.raises(KeyboardInterrupt):
         export_model(str(tiny_source), out=tmp_path, name="m", precisions=("fp32", "int8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
