@@ -15,11 +15,17 @@ import numpy as np
 from .batching import plan_batches
 from .errors import BgeortError, DeviceError, ModelFolderError
 from .manifest import Manifest, load_manifest, rebuild_hint, sha256_file
-from .session import available_providers, choose_providers, import_onnxruntime, open_session
+from .session import available_providers, choose_providers, default_threads, import_onnxruntime, open_session
 from .tokenization import Encoded, TextTokenizer
 
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-sha256")
+# On CPU, batches of at most this many padded tokens run side by side, one core each, on a second
+# single-threaded session; bigger ones run one at a time on all the cores. ORT splits a small GEMM
+# badly over threads: all-MiniLM-L6-v2 int8, 2 cores, STS-B sentences (batches of ~500 tokens):
+# 1 thread 735 texts/s, 2 threads in one run 930-1010, two 1-thread runs side by side 1290-1480;
+# SciFact chunks (2,048-token batches): 40-42 either way. The second session opens on first use.
+SIDE_BY_SIDE_TOKENS = 1024
 
 
 def choose_precisions(manifest: Manifest, precision: str, device: str) -> list[str]:
@@ -60,6 +66,10 @@ class OpenModel:
     device: str
     input_names: tuple[str, ...]
     output_name: str
+    threads: int = 1
+    file: Path | None = None
+    choice: object = None
+    _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
 
     @classmethod
     def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
@@ -103,7 +113,8 @@ class OpenModel:
                     continue
                 hashing.result()
                 return cls(path, manifest, tokenizer, session, name, choice.device,
-                           _model_inputs(session, manifest), variant.output or manifest.output)
+                           _model_inputs(session, manifest), variant.output or manifest.output,
+                           threads=default_threads() if threads is None else threads, file=file, choice=choice)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -114,16 +125,32 @@ class OpenModel:
         """Run every input through the model, batched by length; `reduce` maps (output, feed) to
         one row of `width` values per input. Rows come back in input order."""
         out = np.empty((len(encoded), width), dtype=np.float32)
-        outputs = [self.output_name]
-        for indices in plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens):
+
+        def run(indices: np.ndarray, session) -> None:
             arrays = self.tokenizer.pad(encoded, indices)
             feed = {name: arrays[name] for name in self.input_names}
             if self.device == "cpu":
-                (result,) = self.session.run(outputs, feed)
+                (result,) = session.run([self.output_name], feed)
             else:
-                result = run_bound(self.session, feed, self.output_name, self.device)
+                result = run_bound(session, feed, self.output_name, self.device)
             out[indices] = reduce(result, arrays)
+
+        batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
+        small = [b for b in batches if len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS]
+        if self.device == "cpu" and self.threads > 1 and len(small) > 1:
+            session, executor = self._side_by_side()
+            for done in [executor.submit(run, indices, session) for indices in small]:
+                done.result()
+            batches = [b for b in batches if len(b) * int(encoded.lengths[b].max()) > SIDE_BY_SIDE_TOKENS]
+        for indices in batches:
+            run(indices, self.session)
         return out
+
+    def _side_by_side(self):
+        if self._side is None:
+            session = open_session(str(self.file), self.choice, threads=1)
+            self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
+        return self._side
 
 
 def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) -> np.ndarray:

@@ -124,6 +124,24 @@ def test_threads_option(tiny_model):
         bgeort.Embedder(tiny_model, threads=0)
 
 
+def test_small_batches_run_side_by_side_with_the_same_vectors(tiny_model):
+    """With 2+ threads on CPU, small batches run concurrently on a second single-threaded session
+    (bgeort.model.SIDE_BY_SIDE_TOKENS); big ones on the main session. Same vectors, same order."""
+    texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
+    serial = bgeort.Embedder(tiny_model, threads=1)
+    side = bgeort.Embedder(tiny_model, threads=2)
+    expected = serial.encode(texts, batch_size=4)
+    got = side.encode(texts, batch_size=4)
+    assert serial._model._side is None and side._model._side is not None
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # two batches of 20 x 64 tokens, past the side-by-side size: they run on the main session only
+    long_texts = [" ".join(SENTENCES) * 3] * 40
+    main_only = bgeort.Embedder(tiny_model, threads=2, batch_size=20)
+    with pytest.warns(TruncationWarning):
+        np.testing.assert_allclose(main_only.encode(long_texts), serial.encode(long_texts), atol=1e-6)
+    assert main_only._model._side is None
+
+
 @pytest.fixture
 def folder_copy(tiny_model, tmp_path):
     return shutil.copytree(tiny_model, tmp_path / "copy")
