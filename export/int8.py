@@ -95,7 +95,9 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
                 counts["kept_fp32"] += 1
                 build.nodes.append(node)
             else:
-                shifted = node.input[0] in gelu_outputs
+                # a smoothed input's floor would be -GELU_FLOOR / s per channel: only GELU outputs
+                # are shifted and only LayerNorm outputs smoothed, never both
+                shifted = node.input[0] in gelu_outputs and node.input[0] not in build.smooth
                 build.matmul(node, weight, shift=GELU_FLOOR if shifted else 0.0)
                 counts["MatMulIntegerToFloat"] += 1
                 counts["gelu_shifted"] += shifted
@@ -129,6 +131,7 @@ class _Builder:
         self.graph, self.opset, self.nodes = graph, opset, []
         self.quantized = {}  # (input, shift) -> (uint8 tensor, row scale, zero point, step)
         self.smooth = {}  # input -> per-channel divisor s
+        self.matmuls = 0
         self.one = self.const("one", np.array(1.0, np.float32))
         self.tiny = self.const("tiny", np.array(1e-12, np.float32))
         self.axes = self.const("last_axis", np.array([-1], np.int64))
@@ -146,7 +149,7 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
         return output
 
-    def rows(self, x: str, shift: float) -> tuple[str, str, str]:
+    def rows(self, x: str, shift: float) -> tuple[str, str, str, float]:
         """x quantized to uint8 with one scale per row (last axis): symmetric around zero point 128,
         or, for a shifted input (x + shift >= 0), on [0, max] with zero point 0."""
         key = (x, shift)
@@ -183,7 +186,8 @@ class _Builder:
         w_scale[w_scale == 0] = 1.0
         w_q = np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8)
         q, row_scale, zp, step = self.rows(node.input[0], shift)
-        p = f"{PREFIX}mm{len([n for n in self.nodes if n.op_type == 'MatMulIntegerToFloat'])}/"
+        p = f"{PREFIX}mm{self.matmuls}/"
+        self.matmuls += 1
         y = self.node("MatMulIntegerToFloat", [q, self.const(p + "w", w_q), self.one,
                                                self.const(p + "w_scale", (w_scale * step).astype(np.float32)), zp],
                       p + "y")
