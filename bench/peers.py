@@ -16,7 +16,7 @@ import numpy as np
 BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused"}
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
 DESCRIPTIONS = {
-    "bgeort-int8": "bgeort, int8 (dynamic, per-channel s8 weights)",
+    "bgeort-int8": "bgeort, int8 (7-bit per-channel weights, per-token uint8 activations, smoothed LayerNorm outputs)",
     "bgeort-fp32": "bgeort, fp32 (ONNX Runtime-fused graph)",
     "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph",
     "st-torch": "sentence-transformers, PyTorch fp32",

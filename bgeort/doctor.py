@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import BgeortError
 from .manifest import load_manifest
 from .model import choose_precisions
-from .session import CUDA, default_threads, installed_ort_distributions
+from .session import CUDA, default_threads, installed_ort_distributions, this_cpu_needs_exact_int8
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
 # Shared libraries onnxruntime-gpu's CUDA provider loads (sonames for CUDA 12 and 13, cuDNN 9).
@@ -89,11 +89,18 @@ def report(model: str | None = None) -> list[str]:
     cpu = cpu_facts(cpuinfo)
     flags = " ".join(f"{flag}={'yes' if on else 'no'}" for flag, on in cpu["flags"].items())
     lines.append(f"CPU: {cpu['model']}; {flags}")
+    exact = this_cpu_needs_exact_int8()
+    lines.append("int8: 7-bit-weight graphs (the default export) run the fast kernels; 8-bit-weight graphs run "
+                 + ("onnxruntime's exact U8U8 kernels here (no VNNI: slower, but no 16-bit saturation)" if exact
+                    else "the fast kernels too (VNNI, or not x86)"))
     lines.append(f"threads: {default_threads()} usable cores (os.cpu_count() {os.cpu_count()}); "
                  "bgeort uses them all unless threads= is given")
     if model is not None:
         manifest = load_manifest(model)
         lines.append(f"model {model}: {manifest.kind} {manifest.name}, variants {', '.join(manifest.variants)}")
+        if "int8" in manifest.variants:
+            bits = (manifest.variants["int8"].parity.get("quantized_ops") or {}).get("weight_bits")
+            lines.append(f"  int8 weights: {bits or 'unrecorded (7)'}-bit")
         devices = ["cpu"] + (["cuda:0"] if usable_cuda else [])
         for device in devices:
             order = choose_precisions(manifest, "auto", device)

@@ -69,6 +69,7 @@ class OpenModel:
     threads: int = 1
     file: Path | None = None
     choice: object = None
+    exact_int8: bool | None = False
     _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
 
     @classmethod
@@ -98,8 +99,10 @@ class OpenModel:
                 # The hash runs beside the session's creation (hashlib releases the GIL); it is
                 # checked first on every path, so a corrupt file is reported as corrupt.
                 hashing = _HASHER.submit(_check_file, file, variant.sha256, verify, hint)
+                exact_int8 = _needs_exact_kernels(variant)
                 try:
-                    session = open_session(str(file), choice, threads=threads, spinning=spinning)
+                    session = open_session(str(file), choice, threads=threads, spinning=spinning,
+                                           exact_int8=exact_int8)
                 except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
                     hashing.result()
                     if isinstance(exc, DeviceError):
@@ -114,7 +117,8 @@ class OpenModel:
                 hashing.result()
                 return cls(path, manifest, tokenizer, session, name, choice.device,
                            _model_inputs(session, manifest), variant.output or manifest.output,
-                           threads=default_threads() if threads is None else threads, file=file, choice=choice)
+                           threads=default_threads() if threads is None else threads, file=file, choice=choice,
+                           exact_int8=exact_int8)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -148,7 +152,7 @@ class OpenModel:
 
     def _side_by_side(self):
         if self._side is None:
-            session = open_session(str(self.file), self.choice, threads=1)
+            session = open_session(str(self.file), self.choice, threads=1, exact_int8=self.exact_int8)
             self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
 
@@ -163,6 +167,14 @@ def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) ->
     binding.bind_output(output, kind, int(index or 0))
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
+
+
+def _needs_exact_kernels(variant) -> bool | None:
+    """None (decide by this CPU) for an int8 graph with 8-bit weights, which x86 CPUs without VNNI
+    must run on exact kernels (session.exact_int8_kernels_needed); False otherwise: 7-bit weights
+    (and graphs without integer MatMuls) are exact on the fast kernels everywhere."""
+    quantized = variant.parity.get("quantized_ops") or {}
+    return None if quantized.get("weight_bits") == 8 else False
 
 
 def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:

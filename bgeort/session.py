@@ -6,6 +6,7 @@ without either; opening a session checks afterwards that the provider asked for 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -110,8 +111,42 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(ort, *, threads: int | None, spinning: bool):
+def exact_int8_kernels_needed(machine: str, cpuinfo: str | None) -> bool:
+    """Whether ONNX Runtime must use its exact U8U8 int8 kernels on this CPU.
+
+    x86 CPUs without VNNI multiply uint8 activations by int8 weights with a 16-bit saturating add of
+    two products (AVX2 vpmaddubsw), which 8-bit weights can overflow; VNNI accumulates in 32 bits.
+    `session.x64quantprecision=1` makes ORT convert the weights to uint8 and use exact kernels there
+    (slower on those CPUs only). Unknown x86 CPUs (no /proc/cpuinfo) get the exact kernels.
+    """
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    if cpuinfo is None:
+        return True
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            return not ({"avx512_vnni", "avx_vnni"} & flags)
+    return True
+
+
+@functools.cache
+def this_cpu_needs_exact_int8() -> bool:
+    import platform
+
+    try:
+        cpuinfo = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        cpuinfo = None
+    return exact_int8_kernels_needed(platform.machine(), cpuinfo)
+
+
+
+def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None):
     options = ort.SessionOptions()
+    if this_cpu_needs_exact_int8() if exact_int8 is None else exact_int8:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     options.intra_op_num_threads = default_threads() if threads is None else threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -123,10 +158,11 @@ def session_options(ort, *, threads: int | None, spinning: bool):
     return options
 
 
-def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool = True):
+def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool = True,
+                 exact_int8: bool | None = None):
     """An InferenceSession for `choice`, verified to run on the device it names."""
     ort = import_onnxruntime()
-    options = session_options(ort, threads=threads, spinning=spinning)
+    options = session_options(ort, threads=threads, spinning=spinning, exact_int8=exact_int8)
     session = ort.InferenceSession(model_path, sess_options=options, providers=choice.providers)
     wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     active = session.get_providers()

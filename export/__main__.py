@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--precisions", default="fp32,int8,fp16",
                         help="comma-separated variants to build besides the unfused fp32 (default fp32,int8,fp16)")
+    parser.add_argument("--int8-weight-bits", type=int, choices=[7, 8], default=7,
+                        help="7 (default): exact with the fast int8 kernels on every x86 CPU; 8: closer to fp32 "
+                             "(all-MiniLM-L6-v2 STS-B cosine to fp32 0.9992 vs 0.9984), but x86 CPUs without "
+                             "VNNI (AVX2-only) then run onnxruntime's slower exact int8 kernels")
     args = parser.parse_args(argv)
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     unknown = set(precisions) - {"fp32", "int8", "fp16"}
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = export_model(args.source, out=args.out, name=args.name, family=args.family, pooling=args.pooling,
                               max_length=args.max_length, opset=args.opset, precisions=precisions,
-                              revision=args.revision)
+                              revision=args.revision, int8_weight_bits=args.int8_weight_bits)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

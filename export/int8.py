@@ -33,13 +33,20 @@ LayerNorm output at run time. Measured: mean cosine 0.99847 (min 0.9912) against
 without; smoothing the GELU and attention-context inputs as well gave 0.99837; alpha 0.3 / 0.7
 instead of 0.5 gave 0.99804 / 0.99821.
 
-Measured alternatives (STS-B sentences, cosine to fp32, same MiniLM): 8-bit weights with 7-bit
-activations (also saturation-free) 0.99425; full 8-bit weights (not saturation-free) 0.99717.
+Measured alternatives (STS-B sentences, cosine to fp32, same MiniLM, before smoothing): 8-bit weights
+with 7-bit activations (also saturation-free) 0.99425 against 0.99612. With everything above: 7-bit
+weights 0.99843 (min 0.9909), 8-bit 0.99920 (min 0.9959); weight scales chosen per channel for least
+squared error instead of max |W| 0.99850.
 
-Why 7-bit weights: without VNNI, AVX2 multiplies u8 activations by s8 weights with a saturating 16-bit
-add of two products (255 * 127 * 2 overflows int16), so full-range weights can drift on exactly the
-edge CPUs int8 is for; 7-bit weights (255 * 63 * 2 < 32767) cannot, on any CPU, with the same kernels
-and speed.
+Why 7-bit weights by default: without VNNI, x86 CPUs (AVX2, the edge boxes int8 is for) multiply u8
+activations by s8 weights with a saturating 16-bit add of two products (255 * 127 * 2 overflows
+int16), so full-range weights can drift there; 7-bit weights (255 * 63 * 2 < 32767) cannot, on any
+CPU, with the same fast kernels. 8-bit weights (`weight_bits=8`, `python -m export --int8-weight-bits
+8`) are closer to fp32 (above); on x86 CPUs without VNNI bgeort then sets onnxruntime's
+`session.x64quantprecision`, whose exact U8U8 kernels are slower (bgeort/session.py). On this
+Xeon (which has VNNI) those kernels ran 2.3x slower than the VNNI ones, so they are never asked for
+where VNNI exists. What is left of the int8 error is almost all weight rounding: 7-bit weights alone
+(activations in float) give mean cosine 0.99864, 8-bit 0.99962.
 
 The word-embedding table (a third to a half of a small model's bytes) is stored as int8 with one scale
 per row and dequantized by the rows it gathers; the position and token-type tables stay float32.
@@ -65,11 +72,14 @@ SMOOTHING_ALPHA = 0.5
 
 
 def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: dict | None = None,
-                  keep_layers: tuple[int, ...] = KEEP_FFN_OUTPUT_LAYERS, matmuls_per_layer: int = 6) -> dict:
+                  weight_bits: int = WEIGHT_BITS, keep_layers: tuple[int, ...] = KEEP_FFN_OUTPUT_LAYERS,
+                  matmuls_per_layer: int = 6) -> dict:
     """Write the int8 graph of `plain_file` (optimum's unfused fp32 graph) to `out_file`.
 
     `ranges` (from `activation_ranges`) maps a MatMul input to its per-channel max |x|; those
     inputs are smoothed. Without it nothing is smoothed (still correct, less accurate).
+    `weight_bits` is 7 (exact with the fast kernels on every x86 CPU) or 8 (closer to fp32; x86
+    CPUs without VNNI then need onnxruntime's slower exact kernels, which bgeort asks for).
 
     Returns what was quantized; fewer weight MatMuls than a BERT layer has (Q, K, V, attention
     output, FFN in, FFN out: 6 per layer, less the kept ones) is an ExportError, because then the
@@ -78,13 +88,15 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     import onnx
     from onnx import helper
 
+    if weight_bits not in (7, 8):
+        raise ExportError(f"int8 weight bits must be 7 or 8, got {weight_bits!r}")
     model = onnx.load(str(plain_file))
     graph = model.graph
     opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
     initializers = {init.name: init for init in graph.initializer}
     keep = set(ffn_output_matmuls(graph, layers={k % num_layers for k in keep_layers}))
     gelu_outputs = _gelu_outputs(graph)
-    build = _Builder(graph, opset)
+    build = _Builder(graph, opset, weight_bits)
     build.smooth = _smoothing_factors(graph, initializers, ranges or {}, keep)
 
     counts = {"MatMulIntegerToFloat": 0, "kept_fp32": 0, "gelu_shifted": 0, "smoothed_inputs": len(build.smooth)}
@@ -121,14 +133,15 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     if counts["MatMulIntegerToFloat"] < expected:
         raise ExportError(f"int8 quantization quantized {counts['MatMulIntegerToFloat']} weight MatMuls, "
                           f"expected at least {expected} for {num_layers} layers")
-    return {**counts, "weights": f"s{WEIGHT_BITS} per output channel", "activations": "u8 per token"}
+    return {**counts, "weight_bits": weight_bits, "weights": "int8 per output channel",
+            "activations": "uint8 per token"}
 
 
 class _Builder:
     """Appends the replacement nodes and their constants to one graph."""
 
-    def __init__(self, graph, opset: int):
-        self.graph, self.opset, self.nodes = graph, opset, []
+    def __init__(self, graph, opset: int, weight_bits: int):
+        self.graph, self.opset, self.weight_bits, self.nodes = graph, opset, weight_bits, []
         self.quantized = {}  # (input, shift) -> (uint8 tensor, row scale, zero point, step)
         self.smooth = {}  # input -> per-channel divisor s
         self.matmuls = 0
@@ -181,7 +194,7 @@ class _Builder:
         w = numpy_helper.to_array(weight).astype(np.float32)
         if node.input[0] in self.smooth:
             w = w * self.smooth[node.input[0]][:, None]
-        qmax = 2 ** (WEIGHT_BITS - 1) - 1
+        qmax = 2 ** (self.weight_bits - 1) - 1
         w_scale = np.abs(w).max(axis=0) / qmax
         w_scale[w_scale == 0] = 1.0
         w_q = np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8)

@@ -107,8 +107,11 @@ def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family
 
 def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "models", name: str | None = None,
                  family: str | None = None, pooling: str | None = None, max_length: int | None = None,
-                 opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None) -> Path:
+                 opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None,
+                 int8_weight_bits: int = int8.WEIGHT_BITS) -> Path:
     """Export `source` and return the path of the finished model folder."""
+    if int8_weight_bits not in (7, 8):
+        raise ExportError(f"int8 weight bits must be 7 or 8, got {int8_weight_bits!r}")
     resolved = resolve_source(source, revision=revision)
     config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
     row = find_family(source, family)
@@ -125,7 +128,8 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.partial-", dir=out))
     try:
-        manifest = _build(resolved, config, settings, staging, opset=opset, precisions=precisions)
+        manifest = _build(resolved, config, settings, staging, opset=opset, precisions=precisions,
+                          int8_weight_bits=int8_weight_bits)
         dump_manifest(manifest, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the model folder is not
         return _move_into_place(staging, out / settings.name)
@@ -134,7 +138,8 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, precisions) -> Manifest:
+def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, precisions,
+           int8_weight_bits: int = int8.WEIGHT_BITS) -> Manifest:
     layers, heads, hidden = config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"]
     _write_tokenizer(resolved.folder, staging / "tokenizer.json")
 
@@ -154,7 +159,8 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         log("quantizing to int8")
         texts = calibration_texts()
         ranges = int8.activation_ranges(plain, staging / "tokenizer.json", texts, max_length=settings.max_length)
-        quantized = int8.quantize_int8(plain, staging / FILES["int8"], num_layers=layers, ranges=ranges)
+        quantized = int8.quantize_int8(plain, staging / FILES["int8"], num_layers=layers, ranges=ranges,
+                                       weight_bits=int8_weight_bits)
         built["int8"] = {"quantized_ops": {**quantized, "calibration_texts": len(texts)}}
     if "fp16" in precisions and "fp32" in built:
         log("converting to fp16")

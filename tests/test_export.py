@@ -167,3 +167,37 @@ def test_sentence_transformers_5_folder_format(tmp_path):
     (source / "tokenizer_config.json").write_text(json.dumps(config))
     manifest = load_manifest(export_model(str(source), out=tmp_path / "models", precisions=("fp32",)))
     assert (manifest.pooling, manifest.normalize, manifest.max_length) == ("cls", True, 48)
+
+
+def test_int8_with_8_bit_weights_asks_for_exact_kernels_only_where_needed(tiny_source, tiny_model, tmp_path,
+                                                                         monkeypatch):
+    import numpy as np
+
+    import bgeort
+    import bgeort.session
+
+    key = "session.x64quantprecision"
+
+    def asks_exact(embedder):
+        options = embedder._model.session.get_session_options()
+        try:
+            return options.get_session_config_entry(key) == "1"
+        except RuntimeError:  # the option was never set
+            return False
+
+    folder = export_model(str(tiny_source), out=tmp_path, name="w8", precisions=("fp32", "int8"), int8_weight_bits=8)
+    assert load_manifest(folder).variants["int8"].parity["quantized_ops"]["weight_bits"] == 8
+    texts = ["the giant panda", "a bear eats bamboo in the mountains of china", ""]
+    default = bgeort.Embedder(folder, precision="int8", threads=1)
+    assert asks_exact(default) is bgeort.session.this_cpu_needs_exact_int8()
+
+    monkeypatch.setattr(bgeort.session, "this_cpu_needs_exact_int8", lambda: True)  # as on an AVX2-only CPU
+    exact = bgeort.Embedder(folder, precision="int8", threads=1)
+    assert asks_exact(exact)
+    # the integer products are exact either way (VNNI kernels, or the exact ones bgeort already
+    # asks for on CPUs without VNNI), so the vectors agree
+    np.testing.assert_allclose(exact.encode(texts), default.encode(texts), atol=1e-6)
+    # 7-bit weights (the default export) are exact on the fast kernels everywhere: never asked
+    assert not asks_exact(bgeort.Embedder(tiny_model, precision="int8", threads=1))
+    with pytest.raises(ExportError, match="weight bits must be 7 or 8"):
+        export_model(str(tiny_source), out=tmp_path, name="w6", precisions=("int8",), int8_weight_bits=6)

@@ -138,3 +138,21 @@ def test_layer_norm_outlier_channels_are_smoothed_into_the_weights(tmp_path):
         errors[name] = relative_error(run(out, x=x), exact).mean()
     # measured 0.020 -> 0.013; what is left is mostly the 7-bit weights' own rounding
     assert errors["smoothed"] < 0.75 * errors["plain"], errors
+
+
+def test_eight_bit_weights_are_closer_and_other_widths_refused(tmp_path):
+    rng = np.random.default_rng(5)
+    plain = ffn_graph(tmp_path / "plain.onnx", rng)
+    x = rows_of_every_scale(rng)
+    exact = run(plain, x=x)
+    errors = {}
+    for bits in (7, 8):
+        out = tmp_path / f"int8-w{bits}.onnx"
+        counts = quantize_int8(plain, out, num_layers=1, keep_layers=(), matmuls_per_layer=2, weight_bits=bits)
+        assert counts["weight_bits"] == bits
+        w = next(numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.name.endswith("mm0/w"))
+        assert np.abs(w.astype(int)).max() == 2 ** (bits - 1) - 1  # the full signed range of that width
+        errors[bits] = relative_error(run(out, x=x), exact).mean()
+    assert errors[8] < errors[7], errors
+    with pytest.raises(ExportError, match="weight bits must be 7 or 8"):
+        quantize_int8(plain, tmp_path / "bad.onnx", num_layers=1, matmuls_per_layer=2, weight_bits=4)

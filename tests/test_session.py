@@ -1,7 +1,8 @@
 import pytest
 
 from bgeort.errors import DeviceError, MissingDependencyError
-from bgeort.session import CPU, CUDA, check_ort_install, choose_providers, parse_device
+from bgeort.session import (CPU, CUDA, check_ort_install, choose_providers, exact_int8_kernels_needed,
+                            parse_device, session_options)
 
 WITH_CUDA = ["TensorrtExecutionProvider", CUDA, CPU]
 CPU_ONLY = ["AzureExecutionProvider", CPU]
@@ -40,3 +41,31 @@ def test_both_onnxruntime_wheels_is_an_error_with_the_fix():
     check_ort_install(["onnxruntime-gpu"])
     with pytest.raises(MissingDependencyError, match="pip uninstall -y onnxruntime onnxruntime-gpu"):
         check_ort_install(["onnxruntime", "onnxruntime-gpu"])
+
+
+AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_1 avx avx2 fma f16c\n"
+VNNI = "processor\t: 0\nflags\t\t: fpu avx avx2 fma avx512f avx512_vnni\n"
+AVX_VNNI = "processor\t: 0\nflags\t\t: fpu avx avx2 fma avx_vnni\n"
+
+
+@pytest.mark.parametrize("machine, cpuinfo, expected", [
+    ("x86_64", AVX2_ONLY, True),  # u8*s8 pairs saturate in 16 bits: exact kernels
+    ("x86_64", VNNI, False),
+    ("x86_64", AVX_VNNI, False),
+    ("AMD64", None, True),  # no /proc/cpuinfo (Windows): assume the worst
+    ("x86_64", "processor\t: 0\n", True),  # no flags line
+    ("aarch64", None, False),  # the x86 saturation does not exist there
+    ("arm64", AVX2_ONLY, False),
+])
+def test_exact_int8_kernels_table(machine, cpuinfo, expected):
+    assert exact_int8_kernels_needed(machine, cpuinfo) is expected
+
+
+def test_exact_int8_sets_the_onnxruntime_option():
+    import onnxruntime as ort
+
+    key = "session.x64quantprecision"
+    assert session_options(ort, threads=1, spinning=True, exact_int8=True).get_session_config_entry(key) == "1"
+    off = session_options(ort, threads=1, spinning=True, exact_int8=False)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        off.get_session_config_entry(key)
