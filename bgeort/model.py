@@ -4,6 +4,7 @@ that `Embedder` and `Reranker` share."""
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .tokenization import Encoded, TextTokenizer
 
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-sha256")
+_SIDE_LOCK = threading.Lock()
 # On CPU, batches of at most this many padded tokens run side by side, one core each, on a second
 # single-threaded session; bigger ones run one at a time on all the cores. ORT splits a small GEMM
 # badly over threads: all-MiniLM-L6-v2 int8, 2 cores, STS-B sentences (batches of ~500 tokens):
@@ -151,9 +153,10 @@ class OpenModel:
         return out
 
     def _side_by_side(self):
-        if self._side is None:
-            session = open_session(str(self.file), self.choice, threads=1, exact_int8=self.exact_int8)
-            self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
+        with _SIDE_LOCK:  # callers on several threads open it once
+            if self._side is None:
+                session = open_session(str(self.file), self.choice, threads=1, exact_int8=self.exact_int8)
+                self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
 
 
