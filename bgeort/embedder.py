@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
 from .batching import batch_defaults
-from .errors import TruncationWarning
+from .inputs import check_texts, positive, warn_truncated
 from .manifest import POOLED_OUTPUT
 from .model import OpenModel
 from .pooling import l2_normalize, pool
@@ -38,9 +37,9 @@ class Embedder:
         manifest = self._model.manifest
         self.manifest = manifest
         default_size, default_tokens = batch_defaults(self._model.device)
-        self.batch_size = default_size if batch_size is None else _positive("batch_size", batch_size)
+        self.batch_size = default_size if batch_size is None else positive("batch_size", batch_size)
         self.max_batch_tokens = (default_tokens if max_batch_tokens is None
-                                 else _positive("max_batch_tokens", max_batch_tokens))
+                                 else positive("max_batch_tokens", max_batch_tokens))
         self.query_instruction = (manifest.query_instruction if query_instruction_for_retrieval is None
                                   else query_instruction_for_retrieval)
         self.normalize_embeddings = manifest.normalize if normalize_embeddings is None else bool(normalize_embeddings)
@@ -117,7 +116,7 @@ class Embedder:
             reduce = lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling)  # noqa: E731
         vectors = self._model.run_batches(
             encoded,
-            batch_size=self.batch_size if batch_size is None else _positive("batch_size", batch_size),
+            batch_size=self.batch_size if batch_size is None else positive("batch_size", batch_size),
             max_tokens=self.max_batch_tokens,
             reduce=reduce,
             width=self.dim,
@@ -129,45 +128,10 @@ class Embedder:
     def _resolve_max_length(self, max_length: int | None) -> int:
         if max_length is None:
             return self.max_length
-        _positive("max_length", max_length)
+        positive("max_length", max_length)
         if max_length > self.max_length:
             raise ValueError(
                 f"max_length={max_length} is more than this model's {self.max_length} tokens "
                 "(its position embeddings end there); pass a value up to that, or None"
             )
         return max_length
-
-
-def check_texts(texts) -> list[str]:
-    """A list of str from a list/tuple/iterable, or a TypeError naming the first bad item."""
-    if texts is None or isinstance(texts, (bytes, bytearray, dict)):
-        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-    try:
-        items = list(texts)
-    except TypeError:
-        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}") from None
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(
-                f"texts[{index}] is {type(item).__name__} ({item!r:.60}), not str; "
-                "every input must be a string (use '' for an empty text)"
-            )
-    return items
-
-
-def warn_truncated(truncated: np.ndarray, max_length: int) -> None:
-    where = np.flatnonzero(truncated)
-    shown = ", ".join(str(i) for i in where[:10]) + (", ..." if len(where) > 10 else "")
-    warnings.warn(
-        TruncationWarning(
-            f"{len(where)} of {len(truncated)} inputs were longer than max_length={max_length} tokens "
-            f"and were truncated to it (indices {shown}); token_counts(texts) gives the full lengths"
-        ),
-        stacklevel=4,
-    )
-
-
-def _positive(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value

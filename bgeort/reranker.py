@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .embedder import _positive, check_texts, warn_truncated
 from .batching import batch_defaults
+from .inputs import check_texts, positive, warn_truncated
 from .model import OpenModel
 
 
@@ -46,9 +46,9 @@ class Reranker:
                                      threads=threads, spinning=spinning, verify=verify)
         self.manifest = self._model.manifest
         default_size, default_tokens = batch_defaults(self._model.device)
-        self.batch_size = default_size if batch_size is None else _positive("batch_size", batch_size)
+        self.batch_size = default_size if batch_size is None else positive("batch_size", batch_size)
         self.max_batch_tokens = (default_tokens if max_batch_tokens is None
-                                 else _positive("max_batch_tokens", max_batch_tokens))
+                                 else positive("max_batch_tokens", max_batch_tokens))
 
     path = property(lambda self: self._model.path)
     precision = property(lambda self: self._model.precision, doc="the variant that runs")
@@ -81,7 +81,7 @@ class Reranker:
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         documents = check_texts(documents)
         if top_k is not None:
-            _positive("top_k", top_k)
+            positive("top_k", top_k)
         scores = self._score([(query, document) for document in documents], normalize=normalize, **options)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return Ranking(order, scores[order])
@@ -90,7 +90,7 @@ class Reranker:
                max_length: int | None = None, sliding_window: bool = False) -> np.ndarray:
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        length = self.max_length if max_length is None else _positive("max_length", max_length)
+        length = self.max_length if max_length is None else positive("max_length", max_length)
         if length > self.max_length:
             raise ValueError(f"max_length={length} is more than this model's {self.max_length} tokens; "
                              "pass a value up to that, or None")
@@ -104,7 +104,7 @@ class Reranker:
             warn_truncated(per_pair, length)
         logits = self._model.run_batches(
             encoded,
-            batch_size=self.batch_size if batch_size is None else _positive("batch_size", batch_size),
+            batch_size=self.batch_size if batch_size is None else positive("batch_size", batch_size),
             max_tokens=self.max_batch_tokens,
             reduce=lambda output, arrays: output[:, :1],
             width=1,
