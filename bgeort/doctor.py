@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import BgeortError
 from .manifest import load_manifest
 from .model import choose_precisions
-from .session import CUDA, default_threads, installed_ort_distributions, this_cpu_needs_exact_int8
+from .session import CUDA, cpu_flags, default_threads, installed_ort_distributions, this_cpu_needs_exact_int8
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
 # Shared libraries onnxruntime-gpu's CUDA provider loads (sonames for CUDA 12 and 13, cuDNN 9).
@@ -28,13 +28,13 @@ CUDA_LIBRARIES = {
 
 def cpu_facts(cpuinfo: str) -> dict:
     """Model name and the instruction-set flags that matter for int8/fp32 kernels, from /proc/cpuinfo text."""
-    model, flags = platform.processor() or "unknown", set()
+    model = platform.processor() or "unknown"
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
             model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
+            break
+    flags = cpu_flags(cpuinfo) or set()
     return {"model": model, "flags": {flag: flag in flags for flag in CPU_FLAGS}}
 
 
@@ -99,7 +99,7 @@ def report(model: str | None = None) -> list[str]:
         manifest = load_manifest(model)
         lines.append(f"model {model}: {manifest.kind} {manifest.name}, variants {', '.join(manifest.variants)}")
         if "int8" in manifest.variants:
-            bits = (manifest.variants["int8"].parity.get("quantized_ops") or {}).get("weight_bits")
+            bits = manifest.variants["int8"].weight_bits
             lines.append(f"  int8 weights: {bits or 'unrecorded (7)'}-bit")
         devices = ["cpu"] + (["cuda:0"] if usable_cuda else [])
         for device in devices:

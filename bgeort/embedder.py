@@ -13,7 +13,6 @@ from .model import OpenModel
 from .pooling import l2_normalize, pool
 
 
-
 class Embedder:
     """An exported embedding model folder, opened for inference.
 

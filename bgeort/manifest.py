@@ -40,6 +40,9 @@ class Variant:
     # The graph output bgeort reads, when it is not the manifest's `output`: "sentence_embedding"
     # for a graph that pools inside (so a GPU copies back one row per text, not every token's state).
     output: str | None = None
+    # int8 only: the weights' width. 8-bit weights need exact kernels on x86 CPUs without VNNI
+    # (bgeort/session.py); 7-bit ones (the default export) do not.
+    weight_bits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class Manifest:
         data["inputs"] = list(self.inputs)
         for variant in data["variants"].values():
             variant["devices"] = list(variant["devices"])
-            if variant["output"] is None:
-                del variant["output"]
+            for optional in _VARIANT_OPTIONAL:
+                if variant[optional] is None:
+                    del variant[optional]
         return {"format": FORMAT_NAME, **data}
 
 
@@ -92,7 +96,7 @@ _TOP_LEVEL = {
     "provenance": (dict,),
 }
 _VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
-_VARIANT_OPTIONAL = {"output": (str,)}
+_VARIANT_OPTIONAL = {"output": (str,), "weight_bits": (int,)}
 
 
 def rebuild_hint(folder: str | os.PathLike, source: str | None = None) -> str:
@@ -195,6 +199,7 @@ def parse_manifest(data: object, path: Path) -> Manifest:
             devices=tuple(entry["devices"]),
             parity=entry["parity"],
             output=entry.get("output"),
+            weight_bits=entry.get("weight_bits"),
         )
     fields = {key: data[key] for key in _TOP_LEVEL if key != "format"}
     fields["inputs"] = tuple(data["inputs"])

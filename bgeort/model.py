@@ -142,13 +142,14 @@ class OpenModel:
             out[indices] = reduce(result, arrays)
 
         batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
-        small = [b for b in batches if len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS]
-        if self.device == "cpu" and self.threads > 1 and len(small) > 1:
-            session, executor = self._side_by_side()
-            for done in [executor.submit(run, indices, session) for indices in small]:
-                done.result()
-            batches = [b for b in batches if len(b) * int(encoded.lengths[b].max()) > SIDE_BY_SIDE_TOKENS]
-        for indices in batches:
+        if self.device == "cpu" and self.threads > 1:
+            fits = [len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS for b in batches]
+            if sum(fits) > 1:
+                session, executor = self._side_by_side()
+                for done in [executor.submit(run, b, session) for b, fit in zip(batches, fits) if fit]:
+                    done.result()
+                batches = [b for b, fit in zip(batches, fits) if not fit]
+        for indices in batches:  # longest first: the largest buffers are allocated once, up front
             run(indices, self.session)
         return out
 
@@ -176,8 +177,7 @@ def _needs_exact_kernels(variant) -> bool | None:
     """None (decide by this CPU) for an int8 graph with 8-bit weights, which x86 CPUs without VNNI
     must run on exact kernels (session.exact_int8_kernels_needed); False otherwise: 7-bit weights
     (and graphs without integer MatMuls) are exact on the fast kernels everywhere."""
-    quantized = variant.parity.get("quantized_ops") or {}
-    return None if quantized.get("weight_bits") == 8 else False
+    return None if variant.weight_bits == 8 else False
 
 
 def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:

@@ -12,7 +12,6 @@ from .inputs import check_texts, positive, warn_truncated
 from .model import OpenModel
 
 
-
 class Ranking(NamedTuple):
     """Documents best first: their indices in the input list and their scores."""
 

@@ -111,6 +111,15 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cpu_flags(cpuinfo: str) -> set[str] | None:
+    """The first processor's instruction-set flags in /proc/cpuinfo text; None without a flags line."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
 def exact_int8_kernels_needed(machine: str, cpuinfo: str | None) -> bool:
     """Whether ONNX Runtime must use its exact U8U8 int8 kernels on this CPU.
 
@@ -121,14 +130,8 @@ def exact_int8_kernels_needed(machine: str, cpuinfo: str | None) -> bool:
     """
     if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
-    if cpuinfo is None:
-        return True
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            return not ({"avx512_vnni", "avx_vnni"} & flags)
-    return True
+    flags = None if cpuinfo is None else cpu_flags(cpuinfo)
+    return flags is None or not ({"avx512_vnni", "avx_vnni"} & flags)
 
 
 @functools.cache
@@ -140,7 +143,6 @@ def this_cpu_needs_exact_int8() -> bool:
     except OSError:
         cpuinfo = None
     return exact_int8_kernels_needed(platform.machine(), cpuinfo)
-
 
 
 def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None):

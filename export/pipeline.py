@@ -205,8 +205,9 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
 def _variant(staging: Path, precision: str, parity: dict) -> Variant:
     file = staging / FILES[precision]
     output = POOLED_OUTPUT if parity.get("pooled_in_graph") else None
+    weight_bits = (parity.get("quantized_ops") or {}).get("weight_bits")
     return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,
-                   devices=tuple(DEVICES[precision]), parity=parity, output=output)
+                   devices=tuple(DEVICES[precision]), parity=parity, output=output, weight_bits=weight_bits)
 
 
 def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:

@@ -187,6 +187,8 @@ def test_int8_with_8_bit_weights_asks_for_exact_kernels_only_where_needed(tiny_s
 
     folder = export_model(str(tiny_source), out=tmp_path, name="w8", precisions=("fp32", "int8"), int8_weight_bits=8)
     assert load_manifest(folder).variants["int8"].parity["quantized_ops"]["weight_bits"] == 8
+    assert load_manifest(folder).variants["int8"].weight_bits == 8
+    assert load_manifest(tiny_model).variants["int8"].weight_bits == 7
     texts = ["the giant panda", "a bear eats bamboo in the mountains of china", ""]
     default = bgeort.Embedder(folder, precision="int8", threads=1)
     assert asks_exact(default) is bgeort.session.this_cpu_needs_exact_int8()

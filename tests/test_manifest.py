@@ -32,6 +32,20 @@ def test_round_trip(tmp_path):
     assert json.loads((tmp_path / MANIFEST_NAME).read_text())["format_version"] == FORMAT_VERSION
 
 
+def test_optional_variant_fields_round_trip_and_are_typed(tmp_path):
+    int8 = Variant(file="model_int8.onnx", sha256="2" * 64, bytes=5, devices=("cpu",), parity={"passed": True},
+                   weight_bits=8)
+    manifest = sample_manifest(variants={"int8": int8})
+    dump_manifest(manifest, tmp_path)
+    assert load_manifest(tmp_path).variants["int8"].weight_bits == 8
+    written = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert "output" not in written["variants"]["int8"]  # unset optional fields are not written
+    written["variants"]["int8"]["weight_bits"] = "8"
+    write_raw(tmp_path, written)
+    with pytest.raises(ModelFolderError, match="weight_bits"):
+        load_manifest(tmp_path)
+
+
 def test_missing_folder_names_it_and_the_rebuild_command(tmp_path):
     with pytest.raises(ModelFolderError, match=r"does not exist.*make export SOURCE=.* NAME=nothing"):
         load_manifest(tmp_path / "nothing")
