@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .simplify import fold_shapes
 from .source import ExportError
 
 WEIGHT_BITS = 7
@@ -93,26 +94,50 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     model = onnx.load(str(plain_file))
     graph = model.graph
     opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
+    folded = fold_shapes(model)
     initializers = {init.name: init for init in graph.initializer}
     keep = set(ffn_output_matmuls(graph, layers={k % num_layers for k in keep_layers}))
     gelu_outputs = _gelu_outputs(graph)
     build = _Builder(graph, opset, weight_bits)
     build.smooth = _smoothing_factors(graph, initializers, ranges or {}, keep)
 
-    counts = {"MatMulIntegerToFloat": 0, "kept_fp32": 0, "gelu_shifted": 0, "smoothed_inputs": len(build.smooth)}
-    for node in list(graph.node):
+    def quantizable(node) -> bool:
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is not None and len(weight.dims) == 2 and min(weight.dims) >= 16:
-            if node.name in keep:
-                counts["kept_fp32"] += 1
-                build.nodes.append(node)
-            else:
-                # a smoothed input's floor would be -GELU_FLOOR / s per channel: only GELU outputs
-                # are shifted and only LayerNorm outputs smoothed, never both
-                shifted = node.input[0] in gelu_outputs and node.input[0] not in build.smooth
-                build.matmul(node, weight, shift=GELU_FLOOR if shifted else 0.0)
-                counts["MatMulIntegerToFloat"] += 1
-                counts["gelu_shifted"] += shifted
+        return weight is not None and len(weight.dims) == 2 and min(weight.dims) >= 16 and node.name not in keep
+
+    # Weight MatMuls reading the same tensor (Q, K and V) become one integer MatMul, then a Split.
+    groups = {}
+    for node in graph.node:
+        if quantizable(node):
+            groups.setdefault(node.input[0], []).append(node)
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    counts = {"quantized_matmuls": 0, "MatMulIntegerToFloat": 0, "kept_fp32": 0, "gelu_shifted": 0,
+              "smoothed_inputs": len(build.smooth), "folded_shape_tensors": folded}
+    absorbed = set()  # nodes replaced by what an earlier node emitted
+    for node in list(graph.node):
+        if id(node) in absorbed:
+            continue
+        if quantizable(node):
+            group = groups[node.input[0]] if opset >= 13 else [node]
+            # a smoothed input's floor would be -GELU_FLOOR / s per channel: only GELU outputs
+            # are shifted and only LayerNorm outputs smoothed, never both
+            shifted = node.input[0] in gelu_outputs and node.input[0] not in build.smooth
+            adds = [_bias_add(member, consumers, initializers) for member in group]
+            if not all(adds):
+                adds = [None] * len(group)
+            build.matmul(group, [initializers[m.input[1]] for m in group], adds,
+                         shift=GELU_FLOOR if shifted else 0.0)
+            absorbed.update(id(x) for x in [*group, *(a[0] for a in adds if a)])
+            counts["quantized_matmuls"] += len(group)
+            counts["MatMulIntegerToFloat"] += 1
+            counts["gelu_shifted"] += shifted * len(group)
+        elif node.op_type == "MatMul" and node.name in keep:
+            counts["kept_fp32"] += 1
+            build.nodes.append(node)
         elif node.op_type == "Gather" and _is_word_embedding(node, initializers):
             build.gather(node, initializers[node.input[0]])
             counts["int8_embedding_rows"] = int(initializers[node.input[0]].dims[0])
@@ -130,8 +155,8 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     onnx.save(model, str(out_file))
 
     expected = matmuls_per_layer * num_layers - counts["kept_fp32"]
-    if counts["MatMulIntegerToFloat"] < expected:
-        raise ExportError(f"int8 quantization quantized {counts['MatMulIntegerToFloat']} weight MatMuls, "
+    if counts["quantized_matmuls"] < expected:
+        raise ExportError(f"int8 quantization quantized {counts['quantized_matmuls']} weight MatMuls, "
                           f"expected at least {expected} for {num_layers} layers")
     return {**counts, "weight_bits": weight_bits, "weights": "int8 per output channel",
             "activations": "uint8 per token"}
@@ -181,35 +206,54 @@ class _Builder:
                 peak = self.node("ReduceMax", [magnitude, self.axes], p + "max", keepdims=1)
             else:
                 peak = self.node("ReduceMax", [magnitude], p + "max", axes=[-1], keepdims=1)
-            scale = self.node("Max", [peak, self.tiny], p + "scale")
+            # a shifted GELU output is > 0 (its floor is -0.16997), so only |x| needs a floor
+            scale = peak if shift else self.node("Max", [peak, self.tiny], p + "scale")
             unit = self.node("Div", [magnitude if shift else x, scale], p + "unit")
             zp = self.const(p + "zero_point", np.array(zero_point, np.uint8))
             q = self.node("QuantizeLinear", [unit, self.const(p + "step", np.array(step, np.float32)), zp], p + "q")
             self.quantized[key] = (q, scale, zp, step)
         return self.quantized[key]
 
-    def matmul(self, node, weight, *, shift: float) -> None:
+    def matmul(self, nodes, weights, adds, *, shift: float) -> None:
+        """One integer MatMul for `nodes` (weight MatMuls reading the same input), their weights
+        side by side. `adds` holds each one's bias Add (node, bias) to fold in, or is all None."""
         from onnx import numpy_helper
 
-        w = numpy_helper.to_array(weight).astype(np.float32)
-        if node.input[0] in self.smooth:
-            w = w * self.smooth[node.input[0]][:, None]
+        x = nodes[0].input[0]
         qmax = 2 ** (self.weight_bits - 1) - 1
-        w_scale = np.abs(w).max(axis=0) / qmax
-        w_scale[w_scale == 0] = 1.0
-        w_q = np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8)
-        q, row_scale, zp, step = self.rows(node.input[0], shift)
+        w_q, w_scale = [], []
+        for weight in weights:
+            w = numpy_helper.to_array(weight).astype(np.float32)
+            if x in self.smooth:
+                w = w * self.smooth[x][:, None]
+            scale = np.abs(w).max(axis=0) / qmax
+            scale[scale == 0] = 1.0
+            w_q.append(np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8))
+            w_scale.append(scale)
+        w_q, w_scale = np.concatenate(w_q, axis=1), np.concatenate(w_scale)
+        q, row_scale, zp, step = self.rows(x, shift)
         p = f"{PREFIX}mm{self.matmuls}/"
         self.matmuls += 1
         y = self.node("MatMulIntegerToFloat", [q, self.const(p + "w", w_q), self.one,
                                                self.const(p + "w_scale", (w_scale * step).astype(np.float32)), zp],
                       p + "y")
-        if not shift:
-            self.node("Mul", [y, row_scale], node.output[0])
-            return
-        scaled = self.node("Mul", [y, row_scale], p + "scaled")
-        correction = (-shift * (w_q.astype(np.float32) * w_scale).sum(axis=0)).astype(np.float32)
-        self.node("Add", [scaled, self.const(p + "unshift", correction)], node.output[0])
+        # the constant that follows: the bias, less the GELU shift's share, (x + c) @ W = x @ W + c * colsum(W)
+        offset = np.zeros(w_q.shape[1], np.float32)
+        if shift:
+            offset -= shift * (w_q.astype(np.float32) * w_scale).sum(axis=0)
+        if adds[0] is not None:
+            offset += np.concatenate([bias for _, bias in adds])
+        outputs = [add.output[0] for add, _ in adds] if adds[0] is not None else [n.output[0] for n in nodes]
+        single = len(nodes) == 1
+        biased = adds[0] is not None or bool(shift)  # (kept for all-zero biases: same graph as real models)
+        y = self.node("Mul", [y, row_scale], outputs[0] if single and not biased else p + "scaled")
+        if biased:
+            y = self.node("Add", [y, self.const(p + "offset", offset)], outputs[0] if single else p + "offset")
+        if not single:
+            from onnx import helper
+
+            sizes = self.const(p + "sizes", np.array([int(w.dims[1]) for w in weights], np.int64))
+            self.nodes.append(helper.make_node("Split", [y, sizes], outputs, name=p + "split", axis=-1))
 
     def gather(self, node, table) -> None:
         """Gather from an int8 table with one scale per row: rows * scales[ids]."""
@@ -303,6 +347,21 @@ def _gelu_outputs(graph) -> set[str]:
             consumed = {i for n in nodes for i in n.input}
             outputs |= produced - consumed  # the scope's final output
     return outputs
+
+
+def _bias_add(node, consumers, initializers):
+    """(the Add, its bias) when `node`'s output goes only to an Add of a 1-D constant as wide as it."""
+    from onnx import numpy_helper
+
+    readers = consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    (other,) = [name for name in readers[0].input if name != node.output[0]] or [None]
+    bias = initializers.get(other)
+    width = initializers[node.input[1]].dims[1]
+    if bias is None or list(bias.dims) != [width]:
+        return None
+    return readers[0], numpy_helper.to_array(bias).astype(np.float32)
 
 
 def _is_word_embedding(node, initializers) -> bool:

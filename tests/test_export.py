@@ -42,7 +42,11 @@ def test_every_variant_is_written_verified_and_hashed(tiny_model):
     assert manifest.variants["fp32"].parity["min_cosine"] >= 0.99999
     quantized = manifest.variants["int8"].parity["quantized_ops"]
     # first and last FFN output stay fp32 (with 2 layers: both); the word-embedding table is int8
-    assert (quantized["MatMulIntegerToFloat"], quantized["kept_fp32"], quantized["gelu_shifted"]) == (6 * 2 - 2, 2, 0)
+    assert (quantized["quantized_matmuls"], quantized["kept_fp32"], quantized["gelu_shifted"]) == (6 * 2 - 2, 2, 0)
+    # Q, K and V read one input: 4 integer MatMuls a layer, less the kept FFN output
+    assert quantized["MatMulIntegerToFloat"] == 4 * 2 - 2
+    # the per-layer shape arithmetic became constants
+    assert quantized["folded_shape_tensors"] >= 2 * 4
     assert quantized["int8_embedding_rows"] == len(TINY_VOCAB)
     # LayerNorm outputs feeding weight MatMuls: embeddings, then per layer the attention output's and
     # (but for the last layer) the FFN output's; ranges from the calibration texts

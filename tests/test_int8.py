@@ -76,7 +76,10 @@ def test_every_matmul_quantized_per_token_and_the_gelu_input_shifted(tmp_path):
     plain, inits = ffn_graph(tmp_path / "plain.onnx", rng)
     int8 = tmp_path / "int8.onnx"
     counts = quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=2)
-    assert (counts["MatMulIntegerToFloat"], counts["gelu_shifted"], counts["kept_fp32"]) == (2, 1, 0)
+    assert (counts["quantized_matmuls"], counts["gelu_shifted"], counts["kept_fp32"]) == (2, 1, 0)
+    # each bias Add (and the GELU shift's correction) is folded into one Add after the MatMul
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("Add") == 2 + 1 + 1  # biases, Erf's +1, shift
 
     x = rows_of_every_scale(rng)
     exact, ours = ffn_reference(inits, x), run(int8, x=x)
@@ -92,7 +95,7 @@ def test_kept_layers_stay_float32(tmp_path):
     plain, _ = ffn_graph(tmp_path / "plain.onnx", rng)
     int8 = tmp_path / "int8.onnx"
     counts = quantize_int8(plain, int8, num_layers=1, matmuls_per_layer=2)  # default: keep first and last
-    assert (counts["MatMulIntegerToFloat"], counts["gelu_shifted"], counts["kept_fp32"]) == (1, 0, 1)
+    assert (counts["quantized_matmuls"], counts["gelu_shifted"], counts["kept_fp32"]) == (1, 0, 1)
     ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert ops.count("MatMul") == 1 and ops.count("MatMulIntegerToFloat") == 1
 
@@ -165,3 +168,40 @@ def test_eight_bit_weights_are_closer_and_other_widths_refused(tmp_path):
     assert errors[8] < errors[7], errors
     with pytest.raises(ExportError, match="weight bits must be 7 or 8"):
         quantize_int8(plain, tmp_path / "bad.onnx", num_layers=1, matmuls_per_layer=2, weight_bits=4)
+
+
+def attention_inputs_graph(path, rng, *, biases=True):
+    """Q, K and V projections of one LayerNorm-free input, as optimum names them, each with its bias
+    Add, and y = q * k + v to read them all."""
+    inits = {f"w_{n}": rng.normal(0, 0.2, (K, K)).astype(np.float32) for n in "qkv"}
+    nodes = []
+    for n, scope in zip("qkv", ("query", "key", "value")):
+        out = f"{n}0" if biases else n
+        nodes.append(helper.make_node("MatMul", ["x", f"w_{n}"], [out], name=f"{SCOPE}/attention/self/{scope}/MatMul"))
+        if biases:
+            inits[f"b_{n}"] = rng.normal(0, 0.5, K).astype(np.float32)
+            nodes.append(helper.make_node("Add", [f"b_{n}", out], [n], name=f"{SCOPE}/attention/self/{scope}/Add"))
+    nodes += [helper.make_node("Mul", ["q", "k"], ["qk"], name="/qk"), helper.make_node("Add", ["qk", "v"], ["y"], name="/y")]
+    save(path, nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
+         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", K])])
+    return path, inits
+
+
+@pytest.mark.parametrize("biases", [True, False])
+def test_matmuls_reading_one_input_become_one_integer_matmul(tmp_path, biases):
+    rng = np.random.default_rng(6)
+    plain, inits = attention_inputs_graph(tmp_path / "plain.onnx", rng, biases=biases)
+    int8 = tmp_path / "int8.onnx"
+    counts = quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=3)
+    assert (counts["quantized_matmuls"], counts["MatMulIntegerToFloat"]) == (3, 1)
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Split") == 1
+    assert ops.count("Add") == 1 + biases  # the y = qk + v Add, and the three biases as one
+
+    x = rows_of_every_scale(rng).astype(np.float64)
+    q, k, v = (x @ inits[f"w_{n}"] + (inits[f"b_{n}"] if biases else 0) for n in "qkv")
+    exact = q * k + v
+    ours = run(int8, x=x.astype(np.float32))
+    assert relative_error(ours, exact).max() < 0.05
+    for b in range(len(x)):  # still one scale per token
+        np.testing.assert_allclose(run(int8, x=x[b:b + 1].astype(np.float32)), ours[b:b + 1], rtol=1e-5, atol=1e-5)

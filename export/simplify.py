@@ -1,0 +1,155 @@
+"""Fold an exported graph's shape arithmetic into constants.
+
+optimum's BERT graph recomputes, in every layer, the target shapes of its Reshapes and the attention
+scale from `Shape` of the running tensors: about 20 tiny nodes a layer (Shape, Gather, Unsqueeze,
+Concat, Slice, Cast, Sqrt, Div) that onnxruntime cannot fold, because the batch and sequence
+dimensions are unknown until run time. Each costs a kernel launch: all-MiniLM-L6-v2-shaped and
+bge-small-shaped int8 graphs ran 891 -> 699 nodes per call, single short query p50 -9% (1 thread).
+
+How: every tensor computed only from constants and `Shape` outputs is evaluated with onnxruntime for
+three input shapes (batch, sequence) = (2, 5), (3, 7), (1, 11), inputs all ones. A value equal in all three is a
+constant. A Reshape target that changes with them is rewritten with Reshape's own conventions when
+that gives the same shape in all three runs: 0 for "this input dimension" and -1 for "the rest"
+([batch, -1, 12, 32] becomes [0, -1, 12, 32]). Anything else is left as it is. Values that depend
+on the inputs' contents are never touched: only `Shape` outputs are followed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROBE_SHAPES = ((2, 5), (3, 7), (1, 11))
+
+
+def fold_shapes(model) -> int:
+    """Rewrite `model` (an onnx ModelProto whose inputs have at most two free dimensions: batch and
+    sequence) in place; returns how many tensors became constants."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    static = set(initializers)
+    for node in graph.node:
+        if node.op_type in ("Constant", "Shape") or (node.input and all(i in static for i in node.input if i)):
+            static.update(node.output)
+    frontier = []  # static tensors that a run-time node reads
+    for node in graph.node:
+        if all(out in static for out in node.output):
+            continue
+        frontier += [i for i in node.input if i in static and i not in initializers and i not in frontier]
+    reshaped = {}  # a Reshape target -> the tensors it reshapes
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.input[1] in frontier:
+            reshaped.setdefault(node.input[1], []).append(node.input[0])
+    if not frontier:
+        return 0
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    wanted = [t for t in dict.fromkeys(frontier + [x for xs in reshaped.values() for x in xs]) if types.get(t)]
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, types[t], None) for t in wanted)
+    feeds = _probe_feeds(graph)
+    if feeds is None:
+        return 0
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = [dict(zip(wanted, session.run(wanted, feed))) for feed in feeds]
+
+    constants = {}
+    for name in frontier:
+        if name not in wanted:
+            continue
+        values = [run[name] for run in runs]
+        if all(v.shape == values[0].shape and np.array_equal(v, values[0]) for v in values):
+            constants[name] = values[0]
+        elif name in reshaped:
+            target = _reshape_target(values, [[run[x].shape for run in runs] for x in reshaped[name]])
+            if target is not None:
+                constants[name] = target
+
+    for name, value in constants.items():
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    kept = [node for node in graph.node if not any(out in constants for out in node.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    prune(model)
+    return len(constants)
+
+
+def _probe_feeds(graph) -> list[dict] | None:
+    """One feed per PROBE_SHAPES entry: ones, with each input's first two free dimensions (by name)
+    set to (batch, sequence) and its fixed ones kept; None when an input has a third free one."""
+    from onnx import helper
+
+    feeds = [{} for _ in PROBE_SHAPES]
+    symbols = []
+    for graph_input in graph.input:
+        tensor = graph_input.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        for feed, sizes in zip(feeds, PROBE_SHAPES):
+            shape = []
+            for dim in tensor.shape.dim:
+                if dim.HasField("dim_value"):
+                    shape.append(dim.dim_value)
+                    continue
+                if dim.dim_param not in symbols:
+                    symbols.append(dim.dim_param)
+                if len(symbols) > len(sizes):
+                    return None
+                shape.append(sizes[symbols.index(dim.dim_param)])
+            feed[graph_input.name] = np.ones(shape, dtype)
+    return feeds
+
+
+def _reshape_target(values: list, data_shapes: list) -> np.ndarray | None:
+    """A Reshape target using 0 and -1 that gives `values[r]` for every run r and every reshaped
+    tensor (`data_shapes[tensor][r]`), or None."""
+    if any(v.ndim != 1 or len(v) != len(values[0]) for v in values):
+        return None
+    target = []
+    for k in range(len(values[0])):
+        column = [int(v[k]) for v in values]
+        if len(set(column)) == 1:
+            target.append(column[0])
+        elif all(all(k < len(shape) and shape[k] == c for shape, c in zip(shapes, column)) for shapes in data_shapes):
+            target.append(0)
+        else:
+            target.append(None)
+    if target.count(None) == 1 and -1 not in target:
+        target[target.index(None)] = -1
+    if None in target:
+        return None
+    for shapes in data_shapes:
+        for shape, value in zip(shapes, values):
+            if _resolve(shape, target) != _resolve(shape, [int(x) for x in value]):
+                return None
+    return np.array(target, np.int64)
+
+
+def _resolve(shape, target) -> list[int]:
+    out = [shape[k] if t == 0 else t for k, t in enumerate(target)]
+    if -1 in out:
+        known = int(np.prod([x for x in out if x != -1]))
+        out[out.index(-1)] = int(np.prod(shape)) // known
+    return out
+
+
+def prune(model) -> None:
+    """Drop the nodes and initializers that no graph output depends on."""
+    graph = model.graph
+    needed = {out.name for out in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
