@@ -4,7 +4,8 @@ For each model key there is one folder with:
   src/        a sentence-transformers folder (transformers weights, tokenizer, ST config) plus
               onnx/model.onnx and sentence-transformers' own int8 export, made by sentence-transformers
   bgeort/     the bgeort export of src (python -m export)
-  fastembed/  the bgeort fused fp32 model.onnx (symlink) with the source's tokenizer files, for fastembed
+  fastembed/  the fp32 graph bgeort runs on CPU (model_unfused.onnx, symlinked as model.onnx) with the
+              source's tokenizer files, for fastembed
 
 Keys: `bge-small` is a BERT of bge-small-en-v1.5's exact shape (12 x 384, 12 heads, 1536 FFN,
 30522 vocab) with random weights (torch seed 0) and the real uncased vocab from all-MiniLM-L6-v2;
@@ -114,13 +115,14 @@ def export_bgeort(src: Path, out: Path, family: str | None) -> None:
 
 def write_fastembed_folder(src: Path, bgeort_folder: Path, folder: Path) -> None:
     """fastembed reads model.onnx, tokenizer.json, tokenizer_config.json, special_tokens_map.json and
-    config.json from one folder: the same fused ONNX file bgeort runs, with the source's tokenizer
-    files as a user would have them (tokenizer.json's own truncation and padding kept)."""
+    config.json from one folder: the same fp32 ONNX file bgeort runs on CPU (the plain exporter graph,
+    faster there than the fused one), with the source's tokenizer files as a user would have them
+    (tokenizer.json's own truncation and padding kept)."""
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "model.onnx"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(os.path.relpath(bgeort_folder / "model.onnx", folder))
+    link.symlink_to(os.path.relpath(bgeort_folder / "model_unfused.onnx", folder))
     for name in (*TOKENIZER_FILES, "config.json"):
         shutil.copy(src / name, folder / name)
 

@@ -17,12 +17,12 @@ BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-fp32": "fp32", "bgeort-fp32-
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
 DESCRIPTIONS = {
     "bgeort-int8": "bgeort, int8 (7-bit per-channel weights, per-token uint8 activations, smoothed LayerNorm outputs)",
-    "bgeort-fp32": "bgeort, fp32 (ONNX Runtime-fused graph)",
-    "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph",
+    "bgeort-fp32": "bgeort, precision='fp32' (on CPU: the plain exporter graph, faster there than the fused one)",
+    "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph (what precision='fp32' runs on CPU)",
     "st-torch": "sentence-transformers, PyTorch fp32",
     "st-onnx": "sentence-transformers, ONNX backend fp32 (onnx/model.onnx)",
     "st-onnx-int8": "sentence-transformers, ONNX backend, its own dynamic int8 export",
-    "fastembed": "fastembed TextEmbedding on bgeort's fused fp32 model.onnx",
+    "fastembed": "fastembed TextEmbedding on the fp32 graph bgeort runs on CPU (model_unfused.onnx)",
     "optimum": "optimum ORTModelForFeatureExtraction fp32 + transformers tokenizer, batches of 32 in input order",
 }
 
@@ -139,7 +139,7 @@ def _open_fastembed(folder: Path, threads: int, max_length: int, pooling: str):
         return np.stack(list(model.embed(texts)))
 
     info = {"batch_size": 256, "truncation_as_loaded": as_loaded, "max_length": max_length,
-            "file": "model.onnx (bgeort fused fp32)", "model_bytes": (folder / "model.onnx").stat().st_size}
+            "file": "model_unfused.onnx (bgeort's CPU fp32 graph)", "model_bytes": (folder / "model.onnx").stat().st_size}
     return encode, info
 
 

@@ -21,8 +21,8 @@ FORMAT_VERSION = 1
 
 KINDS = ("embedder", "reranker")
 POOLINGS = ("cls", "mean", "none")  # "none": a reranker's graph ends in its classifier
-# Precisions a folder may hold. "fp32" is the ONNX Runtime-fused graph; "fp32-unfused" is the plain
-# exporter graph kept as a fallback for builds of ONNX Runtime without the contrib fused operators.
+# Precisions a folder may hold. "fp32" is the ONNX Runtime-fused graph (CUDA runs it first); "fp32-unfused"
+# is the plain exporter graph (CPU runs it first: bgeort.model.choose_precisions says why).
 PRECISIONS = ("fp32", "fp32-unfused", "int8", "fp16")
 # The output of a graph that pools inside (the fp16/CUDA variant): one row per text.
 POOLED_OUTPUT = "sentence_embedding"

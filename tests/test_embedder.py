@@ -1,5 +1,6 @@
 """bgeort.Embedder on exported generated models: API, input handling, errors."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 
 import bgeort
 from bgeort.errors import DeviceError, ModelFolderError, TruncationWarning
+from bgeort.manifest import load_manifest
+from bgeort.model import choose_precisions
 
 pytestmark = pytest.mark.export
 
@@ -105,10 +108,15 @@ def test_max_length_option(tiny):
 def test_precision_choice(tiny_model):
     assert bgeort.Embedder(tiny_model).precision == "int8"  # auto on CPU
     assert bgeort.Embedder(tiny_model, precision="fp32-unfused").precision == "fp32-unfused"
+    # 'fp32' runs the plain graph first on CPU (faster there), the fused one when it is missing
     fp32 = bgeort.Embedder(tiny_model, precision="fp32")
-    assert (fp32.precision, fp32.device) == ("fp32", "cpu")
-    unfused = bgeort.Embedder(tiny_model, precision="fp32-unfused").encode(SENTENCES)
-    np.testing.assert_allclose(fp32.encode(SENTENCES), unfused, atol=1e-5)
+    assert (fp32.precision, fp32.device) == ("fp32-unfused", "cpu")
+    manifest = load_manifest(tiny_model)
+    without_plain = dataclasses.replace(manifest, variants={k: v for k, v in manifest.variants.items()
+                                                            if k != "fp32-unfused"})
+    assert choose_precisions(without_plain, "fp32", "cpu") == ["fp32"]
+    assert choose_precisions(manifest, "fp32", "cuda:0") == ["fp32", "fp32-unfused"]
+    assert choose_precisions(manifest, "auto", "cpu") == ["int8", "fp32-unfused", "fp32"]
     with pytest.raises(ValueError, match="unknown precision 'bf16'"):
         bgeort.Embedder(tiny_model, precision="bf16")
 
@@ -148,9 +156,10 @@ def folder_copy(tiny_model, tmp_path):
 
 
 def test_hash_mismatch_names_the_file_and_the_rebuild(folder_copy):
-    with open(folder_copy / "model.onnx", "ab") as stream:
+    with open(folder_copy / "model_unfused.onnx", "ab") as stream:  # the graph 'fp32' runs on CPU
         stream.write(b"\0")
-    with pytest.raises(ModelFolderError, match=r"model.onnx does not match the sha256.*make export SOURCE=.*tiny-bert"):
+    with pytest.raises(ModelFolderError,
+                       match=r"model_unfused.onnx does not match the sha256.*make export SOURCE=.*tiny-bert"):
         bgeort.Embedder(folder_copy, precision="fp32")
 
 
