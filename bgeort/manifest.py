@@ -43,6 +43,15 @@ class Variant:
     # int8 only: the weights' width. 8-bit weights need exact kernels on x86 CPUs without VNNI
     # (bgeort/session.py); 7-bit ones (the default export) do not.
     weight_bits: int | None = None
+    # A graph past protobuf's 2 GiB (bge-reranker-large and -v2-m3 in fp32) keeps its weights in one
+    # data file beside it (ONNX external data, named inside the graph), hashed and checked as `file` is.
+    data_file: str | None = None
+    data_sha256: str | None = None
+    data_bytes: int | None = None
+
+    def files(self) -> list[tuple[str, str]]:
+        """(file name, sha256) of every file the variant needs: the graph, then its data file."""
+        return [(self.file, self.sha256)] + ([(self.data_file, self.data_sha256)] if self.data_file else [])
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,9 @@ _TOP_LEVEL = {
     "provenance": (dict,),
 }
 _VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
-_VARIANT_OPTIONAL = {"output": (str,), "weight_bits": (int,)}
+_VARIANT_OPTIONAL = {"output": (str,), "weight_bits": (int,), "data_file": (str,), "data_sha256": (str,),
+                     "data_bytes": (int,)}
+_DATA_FIELDS = ("data_file", "data_sha256", "data_bytes")
 
 
 def rebuild_hint(folder: str | os.PathLike, source: str | None = None) -> str:
@@ -189,17 +200,25 @@ def parse_manifest(data: object, path: Path) -> Manifest:
         if not isinstance(entry, dict):
             raise fail(f"variant {precision!r} is not an object")
         _check_keys(entry, _VARIANT, f"variant {precision!r}", fail, optional=_VARIANT_OPTIONAL)
-        file = entry["file"]
-        if Path(file).name != file:
-            raise fail(f"variant {precision!r} names {file!r}, which is not a plain file name in the folder")
+        given = [key for key in _DATA_FIELDS if key in entry]
+        if given and len(given) != len(_DATA_FIELDS):
+            raise fail(f"variant {precision!r} has {given} but not all of {list(_DATA_FIELDS)}")
+        for name in (entry["file"], entry.get("data_file")):
+            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+                raise fail(f"variant {precision!r} names {name!r}, which is not a plain file name in the folder")
+        if entry.get("data_file") == entry["file"]:
+            raise fail(f"variant {precision!r} names {entry['file']!r} as both its graph and its data file")
         variants[precision] = Variant(
-            file=file,
+            file=entry["file"],
             sha256=entry["sha256"],
             bytes=entry["bytes"],
             devices=tuple(entry["devices"]),
             parity=entry["parity"],
             output=entry.get("output"),
             weight_bits=entry.get("weight_bits"),
+            data_file=entry.get("data_file"),
+            data_sha256=entry.get("data_sha256"),
+            data_bytes=entry.get("data_bytes"),
         )
     fields = {key: data[key] for key in _TOP_LEVEL if key != "format"}
     fields["inputs"] = tuple(data["inputs"])

@@ -98,12 +98,16 @@ class OpenModel:
         for choice in choose_providers(device, available_providers()):
             for name in choose_precisions(manifest, precision, choice.device):
                 variant = manifest.variants[name]
-                file = path / variant.file
-                if not file.is_file():
-                    raise ModelFolderError(f"{file} is missing from the model folder. Rebuild it with: {hint}")
+                files = [(path / file, sha256) for file, sha256 in variant.files()]
+                for file, _ in files:  # the graph, and the data file holding its weights if it has one
+                    if not file.is_file():
+                        role = "" if file.name == variant.file else f" (the weights of {variant.file})"
+                        raise ModelFolderError(f"{file}{role} is missing from the model folder. "
+                                               f"Rebuild it with: {hint}")
+                file = files[0][0]
                 # The hash runs beside the session's creation (hashlib releases the GIL); it is
                 # checked first on every path, so a corrupt file is reported as corrupt.
-                hashing = _HASHER.submit(_check_file, file, variant.sha256, verify, hint)
+                hashing = _HASHER.submit(_check_files, files, verify, hint)
                 exact_int8 = _needs_exact_kernels(variant)
                 try:
                     session = open_session(str(file), choice, threads=threads, spinning=spinning,
@@ -189,6 +193,11 @@ def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:
     if unknown:
         raise ModelFolderError(f"the ONNX graph asks for inputs {unknown} that bgeort does not feed")
     return names
+
+
+def _check_files(files: list[tuple[Path, str]], verify: bool, hint: str) -> None:
+    for file, expected in files:
+        _check_file(file, expected, verify, hint)
 
 
 def _check_file(file: Path, expected: str, verify: bool, hint: str) -> None:

@@ -46,6 +46,41 @@ def test_optional_variant_fields_round_trip_and_are_typed(tmp_path):
         load_manifest(tmp_path)
 
 
+def test_data_file_round_trips_and_is_listed_with_the_graph(tmp_path):
+    fp32 = Variant(file="model.onnx", sha256="1" * 64, bytes=10, devices=("cpu",), parity={"passed": True},
+                   data_file="model.onnx.data", data_sha256="3" * 64, data_bytes=2_300_000_000)
+    dump_manifest(sample_manifest(variants={"fp32": fp32}), tmp_path)
+    loaded = load_manifest(tmp_path).variants["fp32"]
+    assert loaded == fp32
+    assert loaded.files() == [("model.onnx", "1" * 64), ("model.onnx.data", "3" * 64)]
+
+
+def test_manifest_without_data_files_still_loads(tmp_path):
+    # as written before variants could have a data file: no data_* keys at all
+    data = sample_manifest().to_dict()
+    assert not [key for key in data["variants"]["fp32"] if key.startswith("data_")]
+    write_raw(tmp_path, data)
+    variant = load_manifest(tmp_path).variants["fp32"]
+    assert variant.data_file is None and variant.files() == [("model.onnx", "1" * 64)]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"data_file": "model.onnx.data"}, r"has \['data_file'\] but not all of"),
+        ({"data_file": "../model.onnx.data", "data_sha256": "3" * 64, "data_bytes": 1}, "not a plain file name"),
+        ({"data_file": "model.onnx", "data_sha256": "3" * 64, "data_bytes": 1}, "both its graph and its data file"),
+        ({"data_file": "model.onnx.data", "data_sha256": "3" * 64, "data_bytes": "1"}, "'data_bytes' is '1'"),
+    ],
+)
+def test_invalid_data_file_entries_are_rejected(tmp_path, fields, message):
+    data = sample_manifest().to_dict()
+    data["variants"]["fp32"].update(fields)
+    write_raw(tmp_path, data)
+    with pytest.raises(ModelFolderError, match=message):
+        load_manifest(tmp_path)
+
+
 def test_missing_folder_names_it_and_the_rebuild_command(tmp_path):
     with pytest.raises(ModelFolderError, match=r"does not exist.*make export SOURCE=.* NAME=nothing"):
         load_manifest(tmp_path / "nothing")
