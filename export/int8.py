@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import graphfile
 from .simplify import fold_shapes
 from .source import ExportError
 
@@ -159,7 +160,7 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     graph.initializer.extend(kept)
     if not any(e.domain == "com.microsoft" for e in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(out_file))
+    graphfile.save_graph(model, Path(out_file))
 
     expected = matmuls_per_layer * num_layers - counts["kept_fp32"]
     if counts["quantized_matmuls"] < expected:
@@ -291,17 +292,16 @@ def activation_ranges(plain_file: Path, tokenizer_file: Path, texts: list[str], 
     """Per-channel max |x| of every LayerNorm output feeding a weight MatMul, over the real tokens of
     `texts`, each run alone through the float32 graph."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     from bgeort.tokenization import TextTokenizer
 
-    model = onnx.load(str(plain_file))
+    model = onnx.load(str(plain_file), load_external_data=False)  # a data file stays where it is
     names = layer_norm_outputs(model.graph)
     if not names:
         return {}
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = graphfile.cpu_session(model, Path(plain_file).parent)
     wanted = {i.name for i in session.get_inputs()}
     tokenizer = TextTokenizer(tokenizer_file, max_length=max_length)
     encoded = tokenizer.encode(list(texts))

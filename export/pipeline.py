@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bgeort.manifest import POOLED_OUTPUT, Manifest, Variant, dump_manifest, sha256_file
 
-from . import int8, stages, verify
+from . import graphfile, int8, stages, verify
 from .calibration import calibration_texts
 from .families import DEFAULT_SOURCE, Family, find_family
 from .source import ExportError, FolderFacts, position_limit, read_folder_facts, resolve_source
@@ -195,7 +195,7 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         if parity["passed"]:
             checked[precision] = _variant(staging, precision, parity)
         else:
-            (staging / FILES[precision]).unlink()
+            graphfile.remove_graph(staging / FILES[precision])
             log(f"{precision} variant not written")
     if not ({"fp32", "fp32-unfused"} & set(checked)):
         raise ExportError("no fp32 graph matched the PyTorch reference; nothing was written")
@@ -206,8 +206,12 @@ def _variant(staging: Path, precision: str, parity: dict) -> Variant:
     file = staging / FILES[precision]
     output = POOLED_OUTPUT if parity.get("pooled_in_graph") else None
     weight_bits = (parity.get("quantized_ops") or {}).get("weight_bits")
+    data = graphfile.data_file(file)  # the weights of a graph past 2 GiB, hashed and listed like it
+    data_fields = {} if data is None else {"data_file": data.name, "data_sha256": sha256_file(data),
+                                           "data_bytes": data.stat().st_size}
     return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,
-                   devices=tuple(DEVICES[precision]), parity=parity, output=output, weight_bits=weight_bits)
+                   devices=tuple(DEVICES[precision]), parity=parity, output=output, weight_bits=weight_bits,
+                   **data_fields)
 
 
 def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:

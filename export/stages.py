@@ -1,18 +1,19 @@
 """The export stages, one function each: ONNX graph, fused graph, fp16 graph (int8: export/int8.py).
 
-Each takes a path and writes a path; none knows about the others or about the model folder.
+Each takes a path and writes a path; none knows about the others or about the model folder. A graph
+too large for one file is written as the graph and one data file beside it (export/graphfile.py).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from bgeort.manifest import POOLED_OUTPUT
 
+from . import graphfile
 from .source import ExportError
 
 # The ONNX Runtime transformer optimizer is chatty at INFO and warns about things we check ourselves.
@@ -24,13 +25,16 @@ def export_onnx(model_folder: Path, out_file: Path, *, task: str, opset: int | N
     import onnx
     from optimum.exporters.onnx import main_export
 
-    with tempfile.TemporaryDirectory(prefix="bgeort-optimum-") as tmp:
+    # Beside the output, not in /tmp: a large model's weights pass through here (2.2 GB for 568M).
+    with tempfile.TemporaryDirectory(prefix=".bgeort-optimum-", dir=Path(out_file).parent) as tmp:
         main_export(str(model_folder), output=tmp, task=task, opset=opset, device="cpu",
                     do_validation=False, library_name="transformers")
         produced = Path(tmp) / "model.onnx"
-        if not produced.is_file() or (Path(tmp) / "model.onnx_data").exists():
-            raise ExportError(f"optimum did not write a single-file model.onnx for {model_folder}")
-        shutil.move(str(produced), out_file)
+        if not produced.is_file():
+            raise ExportError(f"optimum did not write model.onnx for {model_folder}")
+        # Past 2 GiB optimum keeps the weights in model.onnx_data; either way they are loaded and
+        # written again under our names (one file, or out_file and its .data file).
+        graphfile.save_graph(onnx.load(str(produced)), Path(out_file))
     model = onnx.load(str(out_file), load_external_data=False)
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
@@ -61,7 +65,8 @@ def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, h
     options = FusionOptions("bert")
     optimized = optimize_model(str(plain_file), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                optimization_options=options, opt_level=0, use_gpu=False)
-    optimized.save_model_to_file(str(out_file))
+    # onnxruntime names the data file as graphfile does (out_file + ".data"); pipeline checks it.
+    optimized.save_model_to_file(str(out_file), use_external_data_format=graphfile.needs_data_file(optimized.model))
     ops = count_ops(out_file)
     expected = {"Attention": num_layers, "SkipLayerNormalization": 2 * num_layers,
                 "EmbedLayerNormalization": int(embedding_fusion)}
@@ -83,7 +88,7 @@ def convert_fp16(fused_file: Path, out_file: Path) -> None:
 
     model = OnnxModel(onnx.load(str(fused_file)))
     model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(out_file))
+    model.save_model_to_file(str(out_file), use_external_data_format=graphfile.needs_data_file(model.model))
 
 
 def add_pooling(model_file: Path, out_file: Path, *, pooling: str, hidden_output: str = "last_hidden_state") -> None:
@@ -129,4 +134,4 @@ def add_pooling(model_file: Path, out_file: Path, *, pooling: str, hidden_output
     pooled = helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, [dim[0].dim_param or "batch", dim[2].dim_value])
     del graph.output[:]
     graph.output.append(pooled)
-    onnx.save(model, str(out_file))
+    graphfile.save_graph(model, Path(out_file))

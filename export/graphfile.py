@@ -1,0 +1,117 @@
+"""ONNX graphs on disk: one file, or a graph file and one file of its weights.
+
+Protobuf cannot serialize a message past 2 GiB, so a graph with more weights than that
+(bge-reranker-large and bge-reranker-v2-m3 in fp32: 568M parameters, 2.2 GB) keeps them outside
+the graph as ONNX external data, in one file beside it named after it (`model.onnx` ->
+`model.onnx.data`), never one file per tensor; a graph that fits stays one file (the same models'
+fp16 and int8 graphs do). The stages write through `save_graph`, or, for onnxruntime's own model
+objects (fusion, fp16), through its writer asked by `needs_data_file`, which names the file the
+same way; `data_file` checks what was written. Loading needs nothing special: `onnx.load` and
+onnxruntime read the data file named inside the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .source import ExportError
+
+# Weights over this many bytes go to a data file: the 2 GiB protobuf limit, less room for the graph
+# itself. Read at each call, so tests lower it to put a tiny model through the external-data path.
+SINGLE_FILE_BYTES = 2**31 - 2**27
+# Tensors under this stay in the graph (shapes, scales, biases of tiny models): onnx's own default.
+INLINE_TENSOR_BYTES = 1024
+
+
+def data_path(graph_file: Path) -> Path:
+    """Where the weights of `graph_file` go when they do not fit in it."""
+    return graph_file.with_name(graph_file.name + ".data")
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the graph's initializers, wherever they are held (in memory or in a data file)."""
+    from onnx import helper
+
+    return sum(math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+               for tensor in model.graph.initializer)
+
+
+def save_graph(model, graph_file: Path) -> None:
+    """Write `model` (holding all its weights in memory) as one file, or as `graph_file` and its
+    `data_path` when its weights pass SINGLE_FILE_BYTES. A data file left from before is removed
+    first (onnx appends to one). Afterwards `model` no longer holds the weights it moved out."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    data = data_path(Path(graph_file))
+    data.unlink(missing_ok=True)
+    if needs_data_file(model):
+        for tensor in model.graph.initializer:
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_TENSOR_BYTES:
+                set_external_data(tensor, data.name)
+    onnx.save_model(model, str(graph_file))
+
+
+def needs_data_file(model) -> bool:
+    """For writers other than `save_graph` (onnxruntime's OnnxModel.save_model_to_file, which
+    names the file the same way): whether this graph's weights go to a data file."""
+    return weight_bytes(model) > SINGLE_FILE_BYTES
+
+
+def data_file(graph_file: Path) -> Path | None:
+    """The data file `graph_file` reads its weights from, or None when it holds them itself.
+
+    The model folder lists one data file per variant under a fixed name: a graph reading any other
+    file (one per tensor, optimum's `model.onnx_data`) is an ExportError, as is a missing one.
+    """
+    import onnx
+
+    graph_file = Path(graph_file)
+    locations = external_locations(onnx.load(str(graph_file), load_external_data=False))
+    if not locations:
+        return None
+    expected = data_path(graph_file)
+    if locations != {expected.name}:
+        raise ExportError(f"{graph_file.name} reads its weights from {sorted(locations)}, expected the one file "
+                          f"{expected.name}")
+    if not expected.is_file():
+        raise ExportError(f"{graph_file.name} reads its weights from {expected.name}, which was not written")
+    return expected
+
+
+def remove_graph(graph_file: Path) -> None:
+    """Delete a graph file and its data file, if it has one."""
+    Path(graph_file).unlink(missing_ok=True)
+    data_path(Path(graph_file)).unlink(missing_ok=True)
+
+
+def external_locations(model) -> set[str]:
+    """The files named by the graph's external tensors (initializers and node attributes)."""
+    from onnx import TensorProto
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from tensors(subgraph)
+
+    return {entry.value for tensor in tensors(model.graph) if tensor.data_location == TensorProto.EXTERNAL
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def cpu_session(model, folder: Path):
+    """An onnxruntime CPU session of an in-memory graph whose data file, if any, is in `folder`.
+
+    For a graph loaded with `load_external_data=False`: a graph past 2 GiB cannot be serialized
+    with its weights, so it goes to onnxruntime without them and onnxruntime reads them from there.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
