@@ -104,7 +104,7 @@ def external_locations(model) -> set[str]:
             for entry in tensor.external_data if entry.key == "location"}
 
 
-def cpu_session(model, folder: Path):
+def cpu_session(model, folder: Path | None = None):
     """An onnxruntime CPU session of an in-memory graph whose data file, if any, is in `folder`.
 
     For a graph loaded with `load_external_data=False`: a graph past 2 GiB cannot be serialized
@@ -113,5 +113,6 @@ def cpu_session(model, folder: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])

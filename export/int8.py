@@ -96,13 +96,17 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     """
     import onnx
     from onnx import helper
+    from onnx.external_data_helper import load_external_data_for_model
 
     if weight_bits not in (7, 8):
         raise ExportError(f"int8 weight bits must be 7 or 8, got {weight_bits!r}")
-    model = onnx.load(str(plain_file))
+    # A data file's weights are loaded only after the shapes are folded: fold_shapes serializes the
+    # graph for onnxruntime, which a graph past 2 GiB cannot be with its weights in it.
+    model = onnx.load(str(plain_file), load_external_data=False)
     graph = model.graph
     opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
-    folded = fold_shapes(model)
+    folded = fold_shapes(model, data_folder=Path(plain_file).parent)
+    load_external_data_for_model(model, str(Path(plain_file).parent))
     initializers = {init.name: init for init in graph.initializer}
     keep = set(ffn_output_matmuls(graph, layers={k % num_layers for k in keep_layers}))
     gelu_outputs = _gelu_outputs(graph)

@@ -16,16 +16,21 @@ on the inputs' contents are never touched: only `Shape` outputs are followed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from .graphfile import cpu_session
 
 PROBE_SHAPES = ((2, 5), (3, 7), (1, 11))
 
 
-def fold_shapes(model) -> int:
+def fold_shapes(model, *, data_folder: Path | None = None) -> int:
     """Rewrite `model` (an onnx ModelProto whose inputs have at most two free dimensions: batch and
-    sequence) in place; returns how many tensors became constants."""
+    sequence) in place; returns how many tensors became constants. A model loaded without its
+    weights (`load_external_data=False`, as a graph past 2 GiB must be) gives `data_folder`, the
+    folder of its data file."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -57,7 +62,7 @@ def fold_shapes(model) -> int:
     feeds = _probe_feeds(graph)
     if feeds is None:
         return 0
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(probe, data_folder)
     runs = [dict(zip(wanted, session.run(wanted, feed))) for feed in feeds]
 
     constants = {}
