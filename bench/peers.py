@@ -91,7 +91,7 @@ def _open_bgeort(folder: Path, precision: str, threads: int, max_batch_tokens: i
 
     info = {"precision": model.precision, "batch_size": model.batch_size, "max_batch_tokens": model.max_batch_tokens,
             "max_length": model.max_length, "file": model.manifest.variants[model.precision].file,
-            "model_bytes": model.manifest.variants[model.precision].bytes}
+            "model_bytes": _variant_bytes(model.manifest.variants[model.precision])}
     return encode, info
 
 
@@ -173,3 +173,8 @@ def _open_optimum(folder: Path, threads: int, max_length: int, pooling: str):
     info = {"batch_size": 32, "max_length": max_length, "file": "onnx/model.onnx",
             "model_bytes": (folder / "onnx" / "model.onnx").stat().st_size}
     return encode, info
+
+
+def _variant_bytes(variant) -> int:
+    """The graph file and, for a graph past 2 GiB, its weights' data file."""
+    return variant.bytes + (variant.data_bytes or 0)
