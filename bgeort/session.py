@@ -145,8 +145,15 @@ def this_cpu_needs_exact_int8() -> bool:
     return exact_int8_kernels_needed(platform.machine(), cpuinfo)
 
 
-def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None):
+def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None,
+                    cpu: bool = True):
     options = ort.SessionOptions()
+    if cpu:
+        # Memory patterns lay out every intermediate tensor of a run in one block, remembered per input
+        # shape; freeing tensors as they die peaks lower. bge-small shape int8, 2 threads, SciFact
+        # chunks: peak RSS 371-389 MB with patterns, 282-290 MB without, throughput within 1%
+        # (short sentences -3%, single query +1..7%).
+        options.enable_mem_pattern = False
     if this_cpu_needs_exact_int8() if exact_int8 is None else exact_int8:
         options.add_session_config_entry("session.x64quantprecision", "1")
     options.intra_op_num_threads = default_threads() if threads is None else threads
@@ -164,7 +171,8 @@ def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None
                  exact_int8: bool | None = None):
     """An InferenceSession for `choice`, verified to run on the device it names."""
     ort = import_onnxruntime()
-    options = session_options(ort, threads=threads, spinning=spinning, exact_int8=exact_int8)
+    options = session_options(ort, threads=threads, spinning=spinning, exact_int8=exact_int8,
+                              cpu=choice.device == "cpu")
     session = ort.InferenceSession(model_path, sess_options=options, providers=choice.providers)
     wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     active = session.get_providers()

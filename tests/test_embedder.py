@@ -150,6 +150,33 @@ def test_small_batches_run_side_by_side_with_the_same_vectors(tiny_model):
     assert main_only._model._side is None
 
 
+class RecordingSession:
+    """Wraps an onnxruntime session and records the run options of each call."""
+
+    def __init__(self, session):
+        self.session, self.options = session, []
+
+    def run(self, outputs, feed, options=None):
+        self.options.append(options)
+        return self.session.run(outputs, feed, options)
+
+
+def test_a_call_with_large_batches_hands_the_arena_back_at_its_end(tiny_model):
+    model = bgeort.Embedder(tiny_model, threads=1, batch_size=20)
+    recorder = model._model.session = RecordingSession(model._model.session)
+    expected = bgeort.Embedder(tiny_model, threads=1).encode(SENTENCES)
+    np.testing.assert_allclose(model.encode(SENTENCES), expected, atol=1e-6)  # small: the arena is kept
+    assert recorder.options and set(recorder.options) == {None}
+    small_runs = len(recorder.options)
+    with pytest.warns(TruncationWarning):
+        model.encode([" ".join(SENTENCES) * 3] * 40)  # two batches of 20 x 64 tokens
+    first, last = recorder.options[small_runs:]
+    assert first is None
+    assert last.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    options = model._model.session.session.get_session_options()
+    assert not options.enable_mem_pattern  # tensors freed as they die: a lower peak on CPU
+
+
 @pytest.fixture
 def folder_copy(tiny_model, tmp_path):
     return shutil.copytree(tiny_model, tmp_path / "copy")

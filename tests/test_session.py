@@ -67,5 +67,7 @@ def test_exact_int8_sets_the_onnxruntime_option():
     key = "session.x64quantprecision"
     assert session_options(ort, threads=1, spinning=True, exact_int8=True).get_session_config_entry(key) == "1"
     off = session_options(ort, threads=1, spinning=True, exact_int8=False)
+    assert not off.enable_mem_pattern
+    assert session_options(ort, threads=1, spinning=True, exact_int8=False, cpu=False).enable_mem_pattern
     with pytest.raises(RuntimeError, match="does not have configuration"):
         off.get_session_config_entry(key)
