@@ -25,8 +25,8 @@ onnxruntime's fused MultiHeadAttention around the integer projections (short-tex
 its CPU kernel took 20% of the time, as much as the plain attention ops it replaces) and
 SkipLayerNormalization (-22%: 21% of the time alone, against 4% for LayerNormalization + Adds).
 
-GELU outputs (the FFN down-projection's input) are never below -0.17, so a symmetric grid would
-spend half its 255 steps on values that do not occur. They are shifted by +0.17 and quantized on
+GELU outputs (the FFN down-projection's input) are never below -0.1701, so a symmetric grid would
+spend half its 255 steps on values that do not occur. They are shifted by +0.1701 and quantized on
 [0, max] instead, and the shift comes back as a constant: (x + c) @ W = x @ W + c * colsum(W), so
 y = a * MatMulIntegerToFloat(q, W_q, ...) - c * colsum(W_deq). Measured: mean cosine 0.99612
 against 0.99593 symmetric.
@@ -76,8 +76,11 @@ PREFIX = "bgeort_int8/"
 # output whose outliers are the hardest rows to quantize; measured on STS-B with per-token scales,
 # mean cosine to fp32 0.99612 with the two kept against 0.99571 without, for ~3% of the time.
 KEEP_FFN_OUTPUT_LAYERS = (0, -1)
-GELU_FLOOR = 0.17  # min over x of x * Phi(x) is -0.16997 (at x = -0.75); the tanh form's is the same
+# min over x of x * Phi(x) is -0.169971 (at x = -0.75), of the tanh form -0.170041: with this shift a
+# GELU output is > 5e-5 > 0, so a shifted row's max never needs a floor
+GELU_FLOOR = 0.1701
 SMOOTHING_ALPHA = 0.5
+GRAPH_OUTPUT = object()  # the key of the graph's outputs among a tensor's consumers
 
 
 def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: dict | None = None,
@@ -122,7 +125,7 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     for node in graph.node:
         if quantizable(node):
             groups.setdefault(node.input[0], []).append(node)
-    consumers = {}
+    consumers = {GRAPH_OUTPUT: {out.name for out in graph.output}}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -218,7 +221,7 @@ class _Builder:
                 peak = self.node("ReduceMax", [magnitude, self.axes], p + "max", keepdims=1)
             else:
                 peak = self.node("ReduceMax", [magnitude], p + "max", axes=[-1], keepdims=1)
-            # a shifted GELU output is > 0 (its floor is -0.16997), so only |x| needs a floor
+            # a shifted GELU output is > 0 (see GELU_FLOOR), so only |x| needs a floor
             scale = peak if shift else self.node("Max", [peak, self.tiny], p + "scale")
             unit = self.node("Div", [magnitude if shift else x, scale], p + "unit")
             zp = self.const(p + "zero_point", np.array(zero_point, np.uint8))
@@ -345,15 +348,29 @@ def ffn_output_matmuls(graph, *, layers) -> list[str]:
 
 
 def _gelu_outputs(graph) -> set[str]:
-    """Outputs of the activation of each FFN when it is a GELU (exact: Erf; approximate: Tanh), by
-    transformers' module naming (".../intermediate_act_fn/...") as optimum exports it."""
+    """Outputs of each FFN's activation when it is a GELU, by transformers' module naming
+    (".../intermediate_act_fn/...") as optimum exports it: the exact form (Erf) or the tanh form
+    (Tanh with its 0.044715 coefficient; a plain tanh activation goes below -1 and is not shifted),
+    and onnxruntime's fused GELU operators."""
+    from onnx import numpy_helper
+
+    values = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = node.attribute[0].t
+
+    def has_tanh_coefficient(nodes) -> bool:
+        found = (numpy_helper.to_array(values[i]) for n in nodes for i in n.input if i in values)
+        return any(v.size == 1 and abs(float(v.reshape(-1)[0]) - 0.044715) < 1e-6 for v in found)
+
     scopes = {}
     for node in graph.node:
         if "act_fn" in node.name:
             scopes.setdefault(node.name.rsplit("/", 1)[0], []).append(node)
-    outputs = set()
+    outputs = {o for n in graph.node if n.op_type in ("Gelu", "BiasGelu", "FastGelu") for o in n.output}
     for nodes in scopes.values():
-        if any(n.op_type in ("Erf", "Tanh") for n in nodes):
+        kinds = {n.op_type for n in nodes}
+        if "Erf" in kinds or ("Tanh" in kinds and has_tanh_coefficient(nodes)):
             produced = {o for n in nodes for o in n.output}
             consumed = {i for n in nodes for i in n.input}
             outputs |= produced - consumed  # the scope's final output
@@ -365,7 +382,7 @@ def _bias_add(node, consumers, initializers):
     from onnx import numpy_helper
 
     readers = consumers.get(node.output[0], [])
-    if len(readers) != 1 or readers[0].op_type != "Add":
+    if len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in consumers.get(GRAPH_OUTPUT, ()):
         return None
     (other,) = [name for name in readers[0].input if name != node.output[0]] or [None]
     bias = initializers.get(other)

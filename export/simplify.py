@@ -7,11 +7,14 @@ dimensions are unknown until run time. Each costs a kernel launch: all-MiniLM-L6
 bge-small-shaped int8 graphs ran 891 -> 699 nodes per call, single short query p50 -9% (1 thread).
 
 How: every tensor computed only from constants and `Shape` outputs is evaluated with onnxruntime for
-three input shapes (batch, sequence) = (2, 5), (3, 7), (1, 11), inputs all ones. A value equal in all three is a
-constant. A Reshape target that changes with them is rewritten with Reshape's own conventions when
-that gives the same shape in all three runs: 0 for "this input dimension" and -1 for "the rest"
-([batch, -1, 12, 32] becomes [0, -1, 12, 32]). Anything else is left as it is. Values that depend
-on the inputs' contents are never touched: only `Shape` outputs are followed.
+four input shapes (batch, sequence) = (2, 5), (3, 7), (1, 11), (4, 37), inputs all ones, and the last
+also all zeros. A value equal in every run is a constant. A Reshape target that changes with them is
+rewritten with Reshape's own conventions when that gives the same shape in every run: 0 for "this
+input dimension" and -1 for "the rest" ([batch, -1, 12, 32] becomes [0, -1, 12, 32]), when only such
+Reshapes read it. Anything else is left as
+it is. Only `Shape` outputs are followed, and a value that changes with the inputs' contents fails the
+equality (a `Shape` of NonZero's output, say); control flow, whose branches may read any tensor, is
+not folded at all.
 """
 
 from __future__ import annotations
@@ -22,34 +25,61 @@ import numpy as np
 
 from .graphfile import cpu_session
 
-PROBE_SHAPES = ((2, 5), (3, 7), (1, 11))
+# (batch, sequence) shapes the graph is evaluated at, inputs all ones; the last one also with all zeros.
+PROBE_SHAPES = ((2, 5), (3, 7), (1, 11), (4, 37))
+CONTENTS = (1, 0)
+# Operators whose output size depends on their inputs' values, and the inputs that set an output's
+# size for the others: a Shape is folded only when every tensor upstream has its size fixed by the
+# input shapes.
+DATA_SIZED = {"NonZero", "Compress", "Unique", "TopK", "NonMaxSuppression", "StringSplit", "If", "Loop", "Scan"}
+SIZE_ARGUMENTS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Tile": (1,),
+                  "Slice": (1, 2, 3, 4), "Pad": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,),
+                  "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
+                  "ReduceSum": (1,), "ReduceMean": (1,), "ReduceProd": (1,), "ReduceL2": (1,),
+                  "CenterCropPad": (1,), "Col2Im": (1, 2)}
 
 
 def fold_shapes(model, *, data_folder: Path | None = None) -> int:
     """Rewrite `model` (an onnx ModelProto whose inputs have at most two free dimensions: batch and
     sequence) in place; returns how many tensors became constants. A model loaded without its
     weights (`load_external_data=False`, as a graph past 2 GiB must be) gives `data_folder`, the
-    folder of its data file."""
+    folder of its data file. Graphs with control flow (If, Loop, Scan) are left as they are."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import AttributeProto, helper, numpy_helper
 
     graph = model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for node in graph.node for a in node.attribute):
+        return 0
     initializers = {init.name for init in graph.initializer}
-    static = set(initializers)
+    static = set(initializers)  # values known from the input shapes alone
+    sized = {i.name for i in graph.input} | initializers  # tensors whose shape the input shapes fix
     for node in graph.node:
-        if node.op_type in ("Constant", "Shape") or (node.input and all(i in static for i in node.input if i)):
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or (node.op_type == "Shape" and inputs[0] in sized) or (
+                node.op_type != "Shape" and inputs and all(i in static for i in inputs)):
             static.update(node.output)
+        if node.domain in ("", "ai.onnx") and node.op_type not in DATA_SIZED and all(
+                i in sized for i in inputs) and all(
+                inputs[k] in static for k in SIZE_ARGUMENTS.get(node.op_type, ()) if k < len(inputs)):
+            sized.update(node.output)
     frontier = []  # static tensors that a run-time node reads
     for node in graph.node:
         if all(out in static for out in node.output):
             continue
         frontier += [i for i in node.input if i in static and i not in initializers and i not in frontier]
-    reshaped = {}  # a Reshape target -> the tensors it reshapes
-    for node in graph.node:
-        if node.op_type == "Reshape" and node.input[1] in frontier:
-            reshaped.setdefault(node.input[1], []).append(node.input[0])
     if not frontier:
         return 0
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    # A target read only by Reshapes that copy on 0 (allowzero unset) may use 0 and -1 ...
+    reshaped = {}  # ... target -> the tensors it reshapes
+    for name in frontier:
+        nodes = readers.get(name, [])
+        if nodes and all(n.op_type == "Reshape" and n.input[1] == name and n.input[0] != name
+                         and not any(a.name == "allowzero" and a.i for a in n.attribute) for n in nodes):
+            reshaped[name] = [n.input[0] for n in nodes]
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -62,8 +92,11 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
     feeds = _probe_feeds(graph)
     if feeds is None:
         return 0
-    session = cpu_session(probe, data_folder)
-    runs = [dict(zip(wanted, session.run(wanted, feed))) for feed in feeds]
+    try:
+        session = cpu_session(probe, data_folder)
+        runs = [dict(zip(wanted, session.run(wanted, feed))) for feed in feeds]
+    except Exception:  # onnxruntime's own error types: a graph the probes cannot run is left as it is
+        return 0
 
     constants = {}
     for name in frontier:
@@ -72,10 +105,18 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
         values = [run[name] for run in runs]
         if all(v.shape == values[0].shape and np.array_equal(v, values[0]) for v in values):
             constants[name] = values[0]
-        elif name in reshaped:
+        elif name in reshaped and all(x in wanted for x in reshaped[name]):
             target = _reshape_target(values, [[run[x].shape for run in runs] for x in reshaped[name]])
             if target is not None:
                 constants[name] = target
+    # A node is removed only when every output it has that is still read became a constant.
+    still_read = set(readers) | {out.name for out in graph.output}
+    for node in graph.node:
+        outputs = [out for out in node.output if out]
+        if any(out in constants for out in outputs) and any(
+                out not in constants and out in still_read for out in outputs):
+            for out in outputs:
+                constants.pop(out, None)
 
     for name, value in constants.items():
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
@@ -87,27 +128,33 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
 
 
 def _probe_feeds(graph) -> list[dict] | None:
-    """One feed per PROBE_SHAPES entry: ones, with each input's first two free dimensions (by name)
-    set to (batch, sequence) and its fixed ones kept; None when an input has a third free one."""
+    """One feed per PROBE_SHAPES entry and content: each input's first two free dimensions (by name)
+    set to (batch, sequence), its fixed ones kept; None when an input has a third free dimension or
+    an unnamed one. The contents vary so that a value read from the inputs' contents is not taken
+    for a shape's."""
     from onnx import helper
 
-    feeds = [{} for _ in PROBE_SHAPES]
+    shapes = [(sizes, fill) for sizes in PROBE_SHAPES for fill in CONTENTS[:1]]
+    shapes.append((PROBE_SHAPES[-1], CONTENTS[1]))
+    feeds = [{} for _ in shapes]
     symbols = []
     for graph_input in graph.input:
         tensor = graph_input.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        for feed, sizes in zip(feeds, PROBE_SHAPES):
+        for feed, (sizes, fill) in zip(feeds, shapes):
             shape = []
             for dim in tensor.shape.dim:
                 if dim.HasField("dim_value"):
                     shape.append(dim.dim_value)
                     continue
+                if not dim.dim_param:
+                    return None
                 if dim.dim_param not in symbols:
                     symbols.append(dim.dim_param)
                 if len(symbols) > len(sizes):
                     return None
                 shape.append(sizes[symbols.index(dim.dim_param)])
-            feed[graph_input.name] = np.ones(shape, dtype)
+            feed[graph_input.name] = np.full(shape, fill, dtype)
     return feeds
 
 

@@ -29,35 +29,57 @@ def run(path, **feed):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
-def ffn_graph(path, rng):
-    """x -> intermediate dense -> exact GELU (Erf) -> output dense -> y, with biases."""
+def ffn_graph(path, rng, activation="erf", *, hidden_is_output=False):
+    """x -> intermediate dense -> activation -> output dense -> y, with biases. activation: 'erf'
+    (exact GELU), 'tanh-gelu' (its tanh form) or 'tanh' (not a GELU). hidden_is_output: the first
+    MatMul's own output is a graph output as well."""
     act = f"{SCOPE}/intermediate/intermediate_act_fn/"
     inits = {"w_in": rng.normal(0, 0.3, (K, F)).astype(np.float32), "b_in": rng.normal(0, 0.5, F).astype(np.float32),
              "w_out": rng.normal(0, 0.1, (F, N)).astype(np.float32), "b_out": rng.normal(0, 0.1, N).astype(np.float32),
              "sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
-             "half": np.array(0.5, np.float32)}
+             "half": np.array(0.5, np.float32), "c": np.array(0.044715, np.float32),
+             "k": np.array(np.sqrt(2 / np.pi), np.float32), "three": np.array(3.0, np.float32)}
+    if activation == "erf":
+        act_nodes = [helper.make_node("Div", ["h", "sqrt2"], ["g0"], name=act + "Div"),
+                     helper.make_node("Erf", ["g0"], ["g1"], name=act + "Erf")]
+    elif activation == "tanh-gelu":  # tanh(sqrt(2/pi) * (h + 0.044715 h^3))
+        act_nodes = [helper.make_node("Pow", ["h", "three"], ["h3"], name=act + "Pow"),
+                     helper.make_node("Mul", ["h3", "c"], ["ch3"], name=act + "Mul_c"),
+                     helper.make_node("Add", ["h", "ch3"], ["inner"], name=act + "Add_inner"),
+                     helper.make_node("Mul", ["inner", "k"], ["g0"], name=act + "Mul_k"),
+                     helper.make_node("Tanh", ["g0"], ["g1"], name=act + "Tanh")]
+    if activation == "tanh":
+        act_nodes = [helper.make_node("Tanh", ["h"], ["g"], name=act + "Tanh")]
+    else:
+        act_nodes += [helper.make_node("Add", ["g1", "one"], ["g2"], name=act + "Add"),
+                      helper.make_node("Mul", ["h", "g2"], ["g3"], name=act + "Mul"),
+                      helper.make_node("Mul", ["g3", "half"], ["g"], name=act + "Mul_1")]
     nodes = [
         helper.make_node("MatMul", ["x", "w_in"], ["h0"], name=f"{SCOPE}/intermediate/dense/MatMul"),
         helper.make_node("Add", ["b_in", "h0"], ["h"], name=f"{SCOPE}/intermediate/dense/Add"),
-        helper.make_node("Div", ["h", "sqrt2"], ["g0"], name=act + "Div"),
-        helper.make_node("Erf", ["g0"], ["g1"], name=act + "Erf"),
-        helper.make_node("Add", ["g1", "one"], ["g2"], name=act + "Add"),
-        helper.make_node("Mul", ["h", "g2"], ["g3"], name=act + "Mul"),
-        helper.make_node("Mul", ["g3", "half"], ["g"], name=act + "Mul_1"),
+        *act_nodes,
         helper.make_node("MatMul", ["g", "w_out"], ["y0"], name=f"{SCOPE}/output/dense/MatMul"),
         helper.make_node("Add", ["b_out", "y0"], ["y"], name=f"{SCOPE}/output/dense/Add"),
     ]
-    save(path, nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
-         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])]
+    if hidden_is_output:
+        outputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["b", "s", F]))
+    save(path, nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])], outputs)
     return path, inits
 
 
-def ffn_reference(inits, x):
+def ffn_reference(inits, x, activation="erf"):
     """The float FFN in numpy (float64): the reference the int8 graph is held to."""
     from scipy.special import erf
 
     h = x.astype(np.float64) @ inits["w_in"] + inits["b_in"]
-    return (h * 0.5 * (1 + erf(h / np.sqrt(2.0)))) @ inits["w_out"] + inits["b_out"]
+    if activation == "erf":
+        g = h * 0.5 * (1 + erf(h / np.sqrt(2.0)))
+    elif activation == "tanh-gelu":
+        g = h * 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+    else:
+        g = np.tanh(h)
+    return g @ inits["w_out"] + inits["b_out"]
 
 
 def rows_of_every_scale(rng):
@@ -205,3 +227,47 @@ def test_matmuls_reading_one_input_become_one_integer_matmul(tmp_path, biases):
     assert relative_error(ours, exact).max() < 0.05
     for b in range(len(x)):  # still one scale per token
         np.testing.assert_allclose(run(int8, x=x[b:b + 1].astype(np.float32)), ours[b:b + 1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation, shifted", [("erf", 1), ("tanh-gelu", 1), ("tanh", 0)])
+def test_only_gelu_outputs_are_shifted(tmp_path, activation, shifted):
+    """A GELU output is >= -0.1701 and quantized on [0, max] after the shift; a plain tanh's (down to
+    -1) must stay on the symmetric grid, or its negative values would be clipped."""
+    rng = np.random.default_rng(7)
+    plain, inits = ffn_graph(tmp_path / "plain.onnx", rng, activation)
+    int8 = tmp_path / "int8.onnx"
+    assert quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=2)["gelu_shifted"] == shifted
+    x = rows_of_every_scale(rng)
+    # (median over rows: tanh saturates on the outlier token, where 7-bit weights alone err ~0.17;
+    # a tanh clipped at -0.17 by a wrong shift errs by tens of percent on every row)
+    assert np.median(relative_error(run(int8, x=x), ffn_reference(inits, x, activation))) < 0.03
+
+
+def test_a_matmul_output_read_elsewhere_keeps_its_own_bias_add(tmp_path):
+    """h0 (before its bias) is also a graph output: it must still be produced, and y still right."""
+    rng = np.random.default_rng(8)
+    plain, inits = ffn_graph(tmp_path / "plain.onnx", rng, hidden_is_output=True)
+    int8 = tmp_path / "int8.onnx"
+    quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=2)
+    x = rows_of_every_scale(rng)
+    y, h0 = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(["y", "h0"], {"x": x})
+    assert relative_error(y, ffn_reference(inits, x)).max() < 0.03
+    assert relative_error(h0, x.astype(np.float64) @ inits["w_in"]).max() < 0.03
+
+
+def test_a_group_member_without_a_bias_leaves_every_bias_add_in_place(tmp_path):
+    rng = np.random.default_rng(9)
+    plain, inits = attention_inputs_graph(tmp_path / "plain.onnx", rng)
+    model = onnx.load(str(plain))
+    add_v = next(n for n in model.graph.node if n.name.endswith("value/Add"))
+    model.graph.node.remove(add_v)  # V without its bias: "v0" is renamed "v"
+    next(n for n in model.graph.node if n.output[0] == "v0").output[0] = "v"
+    onnx.save(model, str(plain))
+    int8 = tmp_path / "int8.onnx"
+    counts = quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=3)
+    assert counts["MatMulIntegerToFloat"] == 1
+    assert [n.op_type for n in onnx.load(str(int8)).graph.node].count("Add") == 2 + 1  # Q and K biases, qk + v
+    x = rows_of_every_scale(rng).astype(np.float64)
+    q, k = (x @ inits[f"w_{n}"] + inits[f"b_{n}"] for n in "qk")
+    exact = q * k + x @ inits["w_v"]
+    assert relative_error(run(int8, x=x.astype(np.float32)), exact).max() < 0.05

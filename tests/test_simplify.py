@@ -85,3 +85,107 @@ def test_a_graph_without_shape_arithmetic_is_left_alone():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert fold_shapes(model) == 0 and [n.op_type for n in model.graph.node] == ["Relu"]
+
+
+def model_of(nodes, outputs, *, width=H * D):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", width])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def same_values_at_unprobed_shapes(build):
+    """Fold build()'s graph; it must load and give the original's values at shapes never probed."""
+    original, folded = build(), build()
+    fold_shapes(folded)  # (onnxruntime loading it below is the check that it is still a graph)
+    rng = np.random.default_rng(1)
+    for batch, length in [(1, 1), (4, 9), (2, 64), (1, 20)]:
+        x = rng.uniform(-1, 1, (batch, length, H * D)).astype(np.float32)
+        x[0, 0, :3] = 3.0
+        for got, want in zip(run(folded, x), run(original, x)):
+            np.testing.assert_array_equal(got, want)
+    return folded
+
+
+def test_a_target_also_read_by_another_node_keeps_its_values():
+    """The 0/-1 form means something only to Reshape: an Expand reading the same target keeps it."""
+    def build():
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]), const("two", np.array([2], np.int64)),
+                 const("zero1", np.array([0], np.int64)),
+                 helper.make_node("Slice", ["shape", "zero1", "two"], ["bs"]),
+                 const("tail", np.array([H, D], np.int64)),
+                 helper.make_node("Concat", ["bs", "tail"], ["target"], axis=0),
+                 helper.make_node("Reshape", ["x", "target"], ["y"]),
+                 const("one", np.ones((1, 1, 1, 1), np.float32)),
+                 helper.make_node("Expand", ["one", "target"], ["z"])]
+        return model_of(nodes, ["y", "z"])
+
+    folded = same_values_at_unprobed_shapes(build)
+    assert "target" not in {i.name for i in folded.graph.initializer}
+
+
+def test_a_value_equal_at_the_small_probes_only_is_not_folded():
+    """ceil(s / 16) is 1 for every sequence up to 16; the (4, 37) probe tells it apart."""
+    def build():
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]), const("one_i", np.array([1], np.int64)),
+                 const("two", np.array([2], np.int64)),
+                 helper.make_node("Slice", ["shape", "one_i", "two"], ["s"]),
+                 const("fifteen", np.array([15], np.int64)), const("sixteen", np.array([16], np.int64)),
+                 helper.make_node("Add", ["s", "fifteen"], ["s15"]),
+                 helper.make_node("Div", ["s15", "sixteen"], ["blocks"]),
+                 helper.make_node("Cast", ["blocks"], ["blocks_f"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["x", "blocks_f"], ["y"])]
+        return model_of(nodes, ["y"])
+
+    same_values_at_unprobed_shapes(build)
+
+
+def test_a_shape_read_from_the_inputs_contents_is_not_folded():
+    """Shape of NonZero(x > 2) depends on x's values: 0 for every probe (ones, zeros), not in general."""
+    def build():
+        nodes = [const("half", np.array(2.0, np.float32)), helper.make_node("Greater", ["x", "half"], ["big"]),
+                 helper.make_node("NonZero", ["big"], ["where"]), helper.make_node("Shape", ["where"], ["count"]),
+                 helper.make_node("Cast", ["count"], ["count_f"], to=TensorProto.FLOAT),
+                 helper.make_node("ReduceSum", ["count_f"], ["total"], keepdims=0),
+                 helper.make_node("Mul", ["x", "total"], ["y"])]
+        return model_of(nodes, ["y"])
+
+    same_values_at_unprobed_shapes(build)
+
+
+def test_a_node_with_an_output_still_needed_is_kept():
+    """Split of x's float shape into b, s, H*D: H*D is constant, s is still read at run time."""
+    def build():
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+                 helper.make_node("Cast", ["shape"], ["shape_f"], to=TensorProto.FLOAT),
+                 helper.make_node("Split", ["shape_f"], ["b_f", "s_f", "width_f"], axis=0, num_outputs=3),
+                 helper.make_node("Div", ["x", "width_f"], ["y"]),
+                 helper.make_node("Mul", ["x", "s_f"], ["z"])]
+        return model_of(nodes, ["y", "z"])
+
+    same_values_at_unprobed_shapes(build)
+
+
+def test_allowzero_reshapes_are_left_alone():
+    def build():
+        nodes = [helper.make_node("Shape", ["x"], ["shape"]), const("zero1", np.array([0], np.int64)),
+                 const("one1", np.array([1], np.int64)),
+                 helper.make_node("Slice", ["shape", "zero1", "one1"], ["b"]),
+                 const("rest", np.array([-1, H, D], np.int64)),
+                 helper.make_node("Concat", ["b", "rest"], ["target"], axis=0),
+                 helper.make_node("Reshape", ["x", "target"], ["y"], allowzero=1)]
+        return model_of(nodes, ["y"])
+
+    folded = same_values_at_unprobed_shapes(build)
+    assert "target" not in {i.name for i in folded.graph.initializer}
+
+
+def test_graphs_with_control_flow_are_not_folded():
+    branch = helper.make_graph([helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0)], "then", [],
+                               [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])])
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), const("truth", np.array(True)),
+             helper.make_node("If", ["truth"], ["peak"], then_branch=branch, else_branch=branch),
+             helper.make_node("Mul", ["x", "peak"], ["y"])]
+    model = model_of(nodes, ["y"])
+    assert fold_shapes(model) == 0 and len(model.graph.node) == 4
