@@ -4,6 +4,7 @@ For each model key there is one folder with:
   src/        a sentence-transformers folder (transformers weights, tokenizer, ST config) plus
               onnx/model.onnx and sentence-transformers' own int8 export, made by sentence-transformers
   bgeort/     the bgeort export of src (python -m export)
+  bgeort-static/  the same with --int8-activations static (int8 only)
   fastembed/  the fp32 graph bgeort runs on CPU (model_unfused.onnx, symlinked as model.onnx) with the
               source's tokenizer files, for fastembed
 
@@ -105,8 +106,8 @@ def add_st_onnx(folder: Path) -> None:
         raise SystemExit(f"sentence-transformers did not write {folder / st_int8_file()}")
 
 
-def export_bgeort(src: Path, out: Path, family: str | None) -> None:
-    command = [sys.executable, "-m", "export", str(src), "--out", str(out.parent), "--name", out.name]
+def export_bgeort(src: Path, out: Path, family: str | None, *extra: str) -> None:
+    command = [sys.executable, "-m", "export", str(src), "--out", str(out.parent), "--name", out.name, *extra]
     if family:
         command += ["--family", family]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -157,6 +158,9 @@ def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     print(f"[make_models] {key}: bgeort export", file=sys.stderr, flush=True)
     pristine = MINILM if key == "minilm" else src
     export_bgeort(pristine, base / "bgeort", "bge-small-en-v1.5" if key == "bge-small" else None)
+    print(f"[make_models] {key}: bgeort export, static int8 activations", file=sys.stderr, flush=True)
+    export_bgeort(pristine, base / "bgeort-static", "bge-small-en-v1.5" if key == "bge-small" else None,
+                  "--precisions", "int8", "--int8-activations", "static")
     write_fastembed_folder(pristine, base / "bgeort", base / "fastembed")
     print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
           flush=True)

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused"}
+BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-int8-static": "int8", "bgeort-fp32": "fp32",
+                     "bgeort-fp32-unfused": "fp32-unfused"}
+# the folder each bgeort peer opens under a model's bench folder
+BGEORT_FOLDERS = {"bgeort-int8-static": "bgeort-static"}
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
 DESCRIPTIONS = {
     "bgeort-int8": "bgeort, int8 (7-bit per-channel weights, per-token uint8 activations, smoothed LayerNorm outputs)",
+    "bgeort-int8-static": "bgeort, int8 exported with --int8-activations static (one calibrated scale per tensor)",
     "bgeort-fp32": "bgeort, precision='fp32' (on CPU: the plain exporter graph, faster there than the fused one)",
     "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph (what precision='fp32' runs on CPU)",
     "st-torch": "sentence-transformers, PyTorch fp32",
@@ -45,7 +49,8 @@ def import_library(peer: str) -> None:
 def open_peer(peer: str, base: Path, *, threads: int, max_length: int, pooling: str, st_int8_file: str,
               bgeort_max_batch_tokens: int | None = None):
     if peer.startswith("bgeort"):
-        return _open_bgeort(base / "bgeort", BGEORT_PRECISIONS[peer], threads, bgeort_max_batch_tokens)
+        return _open_bgeort(base / BGEORT_FOLDERS.get(peer, "bgeort"), BGEORT_PRECISIONS[peer], threads,
+                            bgeort_max_batch_tokens)
     if peer == "st-torch":
         return _open_st(base / "src", threads, max_length, backend="torch")
     if peer == "st-onnx":

@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="7 (default): exact with the fast int8 kernels on every x86 CPU; 8: closer to fp32 "
                              "(all-MiniLM-L6-v2 STS-B cosine to fp32 0.9992 vs 0.9984), but x86 CPUs without "
                              "VNNI (AVX2-only) then run onnxruntime's slower exact int8 kernels")
+    parser.add_argument("--int8-activations", choices=["token", "static"], default="token",
+                        help="token (default): a scale per token computed at run time, batch-independent and "
+                             "robust to any text; static: one calibrated scale per tensor, fewer operators "
+                             "(faster, see export/int8.py) but further from fp32, and values past the "
+                             "calibrated range saturate")
     args = parser.parse_args(argv)
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     unknown = set(precisions) - {"fp32", "int8", "fp16"}
@@ -45,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = export_model(args.source, out=args.out, name=args.name, family=args.family, pooling=args.pooling,
                               max_length=args.max_length, opset=args.opset, precisions=precisions,
-                              revision=args.revision, int8_weight_bits=args.int8_weight_bits)
+                              revision=args.revision, int8_weight_bits=args.int8_weight_bits,
+                              int8_activations=args.int8_activations)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

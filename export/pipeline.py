@@ -108,10 +108,12 @@ def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family
 def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "models", name: str | None = None,
                  family: str | None = None, pooling: str | None = None, max_length: int | None = None,
                  opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None,
-                 int8_weight_bits: int = int8.WEIGHT_BITS) -> Path:
+                 int8_weight_bits: int = int8.WEIGHT_BITS, int8_activations: str = "token") -> Path:
     """Export `source` and return the path of the finished model folder."""
     if int8_weight_bits not in (7, 8):
         raise ExportError(f"int8 weight bits must be 7 or 8, got {int8_weight_bits!r}")
+    if int8_activations not in int8.ACTIVATIONS:
+        raise ExportError(f"int8 activations must be one of {int8.ACTIVATIONS}, got {int8_activations!r}")
     resolved = resolve_source(source, revision=revision)
     config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
     row = find_family(source, family)
@@ -129,7 +131,7 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.partial-", dir=out))
     try:
         manifest = _build(resolved, config, settings, staging, opset=opset, precisions=precisions,
-                          int8_weight_bits=int8_weight_bits)
+                          int8_weight_bits=int8_weight_bits, int8_activations=int8_activations)
         dump_manifest(manifest, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the model folder is not
         return _move_into_place(staging, out / settings.name)
@@ -139,7 +141,7 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
 
 
 def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, precisions,
-           int8_weight_bits: int = int8.WEIGHT_BITS) -> Manifest:
+           int8_weight_bits: int = int8.WEIGHT_BITS, int8_activations: str = "token") -> Manifest:
     layers, heads, hidden = config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"]
     _write_tokenizer(resolved.folder, staging / "tokenizer.json")
 
@@ -158,9 +160,10 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
     if "int8" in precisions:
         log("quantizing to int8")
         texts = calibration_texts()
-        ranges = int8.activation_ranges(plain, staging / "tokenizer.json", texts, max_length=settings.max_length)
+        ranges = int8.activation_ranges(plain, staging / "tokenizer.json", texts, max_length=settings.max_length,
+                                        every_input=int8_activations == "static")
         quantized = int8.quantize_int8(plain, staging / FILES["int8"], num_layers=layers, ranges=ranges,
-                                       weight_bits=int8_weight_bits)
+                                       weight_bits=int8_weight_bits, activations=int8_activations)
         built["int8"] = {"quantized_ops": {**quantized, "calibration_texts": len(texts)}}
     if "fp16" in precisions and "fp32" in built:
         log("converting to fp16")

@@ -207,3 +207,21 @@ def test_int8_with_8_bit_weights_asks_for_exact_kernels_only_where_needed(tiny_s
     assert not asks_exact(bgeort.Embedder(tiny_model, precision="int8", threads=1))
     with pytest.raises(ExportError, match="weight bits must be 7 or 8"):
         export_model(str(tiny_source), out=tmp_path, name="w6", precisions=("int8",), int8_weight_bits=6)
+
+
+def test_static_int8_activations_export_and_pass_their_parity_check(tiny_source, tiny_model, tmp_path):
+    import bgeort
+
+    folder = export_model(str(tiny_source), out=tmp_path, name="static", precisions=("int8",),
+                          int8_activations="static")
+    variant = load_manifest(folder).variants["int8"]
+    assert variant.parity["passed"] and variant.parity["reference"].startswith("PyTorch")
+    assert variant.parity["quantized_ops"]["activations"] == "uint8 per tensor, static (calibrated)"
+    assert load_manifest(tiny_model).variants["int8"].parity["quantized_ops"]["activations"] == "uint8 per token"
+    texts = ["the giant panda", "a bear eats bamboo in the mountains of china"]
+    static = bgeort.Embedder(folder, precision="int8", threads=1)
+    # held to the PyTorch-checked fp32 of the same weights (the default export's)
+    fp32 = bgeort.Embedder(tiny_model, precision="fp32", threads=1).encode(texts)
+    assert (static.encode(texts) * fp32).sum(axis=1).min() > 0.98
+    with pytest.raises(ExportError, match="int8 activations must be one of"):
+        export_model(str(tiny_source), out=tmp_path, name="bad", precisions=("int8",), int8_activations="tensor")

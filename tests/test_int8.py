@@ -271,3 +271,32 @@ def test_a_group_member_without_a_bias_leaves_every_bias_add_in_place(tmp_path):
     q, k = (x @ inits[f"w_{n}"] + inits[f"b_{n}"] for n in "qk")
     exact = q * k + x @ inits["w_v"]
     assert relative_error(run(int8, x=x.astype(np.float32)), exact).max() < 0.05
+
+
+def test_static_activations_use_one_calibrated_scale_and_no_run_time_scaling(tmp_path):
+    """Static: QuantizeLinear with a constant step, no per-row Abs/ReduceMax/Div/Mul; close to the
+    float reference inside the calibrated range, saturating past it."""
+    rng = np.random.default_rng(10)
+    plain, inits = ffn_graph(tmp_path / "plain.onnx", rng)
+    calibration = rng.normal(0, 1, (4, 8, K)).astype(np.float32)
+    h = calibration.astype(np.float64) @ inits["w_in"] + inits["b_in"]
+    from scipy.special import erf
+
+    gelu = h * 0.5 * (1 + erf(h / np.sqrt(2.0)))
+    ranges = {"x": np.abs(calibration).reshape(-1, K).max(0), "g": np.abs(gelu).reshape(-1, F).max(0)}
+    int8 = tmp_path / "int8.onnx"
+    counts = quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=2, ranges=ranges,
+                           activations="static")
+    assert counts["activations"].startswith("uint8 per tensor")
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert not {"Abs", "ReduceMax"} & set(ops) and ops.count("QuantizeLinear") == 2
+    assert (ops.count("Div"), ops.count("Mul")) == (1, 2)  # the GELU's own: no scaling at run time
+    x = rng.normal(0, 1, (3, 5, K)).astype(np.float32)
+    x = np.clip(x, -np.abs(calibration).max(), np.abs(calibration).max())  # inside the calibrated range
+    assert relative_error(run(int8, x=x), ffn_reference(inits, x)).max() < 0.05
+    np.testing.assert_allclose(run(int8, x=x[1:2]), run(int8, x=x)[1:2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ExportError, match="calibrated range of g"):
+        quantize_int8(plain, tmp_path / "bad.onnx", num_layers=1, keep_layers=(), matmuls_per_layer=2,
+                      ranges={"x": ranges["x"]}, activations="static")
+    with pytest.raises(ExportError, match="int8 activations must be one of"):
+        quantize_int8(plain, tmp_path / "bad.onnx", num_layers=1, matmuls_per_layer=2, activations="tensor")
