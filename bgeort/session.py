@@ -146,13 +146,14 @@ def this_cpu_needs_exact_int8() -> bool:
 
 
 def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None,
-                    cpu: bool = True):
+                    cpu: bool = True, memory_patterns: bool = False):
     options = ort.SessionOptions()
-    if cpu:
+    if cpu and not memory_patterns:
         # Memory patterns lay out every intermediate tensor of a run in one block, remembered per input
         # shape; freeing tensors as they die peaks lower. bge-small shape int8, 2 threads, SciFact
         # chunks: peak RSS 371-389 MB with patterns, 282-290 MB without, throughput within 1%
-        # (short sentences -3%, single query +1..7%).
+        # (short sentences -3%, single query +1..7%). The side-by-side session, which only runs
+        # small batches, keeps them (bgeort/model.py).
         options.enable_mem_pattern = False
     if this_cpu_needs_exact_int8() if exact_int8 is None else exact_int8:
         options.add_session_config_entry("session.x64quantprecision", "1")
@@ -168,11 +169,11 @@ def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: boo
 
 
 def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool = True,
-                 exact_int8: bool | None = None):
+                 exact_int8: bool | None = None, memory_patterns: bool = False):
     """An InferenceSession for `choice`, verified to run on the device it names."""
     ort = import_onnxruntime()
     options = session_options(ort, threads=threads, spinning=spinning, exact_int8=exact_int8,
-                              cpu=choice.device == "cpu")
+                              cpu=choice.device == "cpu", memory_patterns=memory_patterns)
     session = ort.InferenceSession(model_path, sess_options=options, providers=choice.providers)
     wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     active = session.get_providers()

@@ -173,6 +173,7 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
             stages.add_pooling(staging / FILES["fp16"], staging / FILES["fp16"], pooling=settings.pooling)
             built["fp16"] = {"pooled_in_graph": True}
 
+    built["fp32-unfused"] = {"folded_shape_tensors": stages.fold_plain(plain)}
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
     dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset), staging)
