@@ -81,7 +81,7 @@ from pathlib import Path
 import numpy as np
 
 from . import graphfile
-from .simplify import fold_shapes
+from .simplify import load_folded, prune
 from .source import ExportError
 
 WEIGHT_BITS = 7
@@ -114,21 +114,12 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     output, FFN in, FFN out: 6 per layer, less the kept ones) is an ExportError, because then the
     graph is not the one this recipe was measured on.
     """
-    import onnx
     from onnx import helper
-    from onnx.external_data_helper import load_external_data_for_model
 
-    if weight_bits not in (7, 8):
-        raise ExportError(f"int8 weight bits must be 7 or 8, got {weight_bits!r}")
-    if activations not in ACTIVATIONS:
-        raise ExportError(f"int8 activations must be one of {ACTIVATIONS}, got {activations!r}")
-    # A data file's weights are loaded only after the shapes are folded: fold_shapes serializes the
-    # graph for onnxruntime, which a graph past 2 GiB cannot be with its weights in it.
-    model = onnx.load(str(plain_file), load_external_data=False)
+    check_options(weight_bits, activations)
+    model, folded = load_folded(Path(plain_file))
     graph = model.graph
     opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
-    folded = fold_shapes(model, data_folder=Path(plain_file).parent)
-    load_external_data_for_model(model, str(Path(plain_file).parent))
     initializers = {init.name: init for init in graph.initializer}
     keep = set(ffn_output_matmuls(graph, layers={k % num_layers for k in keep_layers}))
     gelu_outputs = _gelu_outputs(graph)
@@ -184,10 +175,7 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
 
     del graph.node[:]
     graph.node.extend(build.nodes)
-    used = {name for n in graph.node for name in n.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    prune(model)  # the float weights the integer ones replaced
     if not any(e.domain == "com.microsoft" for e in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     graphfile.save_graph(model, Path(out_file))
@@ -198,6 +186,13 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
                           f"expected at least {expected} for {num_layers} layers")
     return {**counts, "weight_bits": weight_bits, "weights": "int8 per output channel",
             "activations": "uint8 per token" if activations == "token" else "uint8 per tensor, static (calibrated)"}
+
+
+def check_options(weight_bits: int, activations: str) -> None:
+    if weight_bits not in (7, 8):
+        raise ExportError(f"int8 weight bits must be 7 or 8, got {weight_bits!r}")
+    if activations not in ACTIVATIONS:
+        raise ExportError(f"int8 activations must be one of {ACTIVATIONS}, got {activations!r}")
 
 
 class _Builder:
@@ -226,6 +221,13 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
         return output
 
+    def smoothed(self, x: str, p: str) -> str:
+        """x divided per channel by its smoothing factors (those went into the weights' rows), or x."""
+        if x not in self.smooth:
+            return x
+        return self.node("Mul", [x, self.const(p + "smooth", (1 / self.smooth[x]).astype(np.float32))],
+                         p + "smoothed")
+
     def rows(self, x: str, shift: float) -> tuple[str, str, str, float]:
         """x quantized to uint8 with one scale per row (last axis): symmetric around zero point 128,
         or, for a shifted input (x + shift >= 0), on [0, max] with zero point 0."""
@@ -234,9 +236,7 @@ class _Builder:
             self.quantized[key] = self.fixed_rows(x, shift)
         if key not in self.quantized:
             p = f"{PREFIX}a{len(self.quantized)}/"
-            if x in self.smooth:
-                x = self.node("Mul", [x, self.const(p + "smooth", (1 / self.smooth[x]).astype(np.float32))],
-                              p + "smoothed")
+            x = self.smoothed(x, p)
             if shift:
                 magnitude = self.node("Add", [x, self.const(p + "shift", np.array(shift, np.float32))], p + "shifted")
                 step, zero_point = 1.0 / 255, 0
@@ -265,9 +265,7 @@ class _Builder:
         p = f"{PREFIX}a{len(self.quantized)}/"
         peak = self.static[x] / self.smooth[x] if x in self.smooth else self.static[x]
         peak = max(float(np.max(peak)), 1e-12)
-        if x in self.smooth:
-            x = self.node("Mul", [x, self.const(p + "smooth", (1 / self.smooth[x]).astype(np.float32))],
-                          p + "smoothed")
+        x = self.smoothed(x, p)
         if shift:
             step = (peak + shift) / 255
             zero_point = int(round(shift / step))
@@ -297,24 +295,23 @@ class _Builder:
         q, row_scale, zp, step = self.rows(x, shift)
         p = f"{PREFIX}mm{self.matmuls}/"
         self.matmuls += 1
-        y = self.node("MatMulIntegerToFloat", [q, self.const(p + "w", w_q), self.one,
-                                               self.const(p + "w_scale", (w_scale * step).astype(np.float32)), zp],
-                      p + "y")
-        # the constant that follows: the bias, less the GELU shift's share, (x + c) @ W = x @ W + c * colsum(W)
-        offset = np.zeros(w_q.shape[1], np.float32)
-        if shift and row_scale is not None:  # (a static zero point absorbs the shift itself)
-            offset -= shift * (w_q.astype(np.float32) * w_scale).sum(axis=0)
-        if adds[0] is not None:
-            offset += np.concatenate([bias for _, bias in adds])
         outputs = [add.output[0] for add, _ in adds] if adds[0] is not None else [n.output[0] for n in nodes]
         single = len(nodes) == 1
         biased = adds[0] is not None or bool(shift)  # (kept for all-zero biases: same graph as real models)
+        last = outputs[0] if single else p + "joined"  # the chain ends in the output, or in a Split to them
+        y = self.node("MatMulIntegerToFloat", [q, self.const(p + "w", w_q), self.one,
+                                               self.const(p + "w_scale", (w_scale * step).astype(np.float32)), zp],
+                      last if row_scale is None and not biased else p + "y")
         if row_scale is not None:
-            y = self.node("Mul", [y, row_scale], outputs[0] if single and not biased else p + "scaled")
-        elif single and not biased:
-            y = self.node("Identity", [y], outputs[0])
+            y = self.node("Mul", [y, row_scale], p + "scaled" if biased else last)
         if biased:
-            y = self.node("Add", [y, self.const(p + "offset", offset)], outputs[0] if single else p + "offset")
+            # the bias, less the GELU shift's share: (x + c) @ W = x @ W + c * colsum(W)
+            offset = np.zeros(w_q.shape[1], np.float32)
+            if shift and row_scale is not None:  # (a static zero point absorbs the shift itself)
+                offset -= shift * (w_q.astype(np.float32) * w_scale).sum(axis=0)
+            if adds[0] is not None:
+                offset += np.concatenate([bias for _, bias in adds])
+            y = self.node("Add", [y, self.const(p + "offset", offset)], last)
         if not single:
             from onnx import helper
 

@@ -110,10 +110,7 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
                  opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None,
                  int8_weight_bits: int = int8.WEIGHT_BITS, int8_activations: str = "token") -> Path:
     """Export `source` and return the path of the finished model folder."""
-    if int8_weight_bits not in (7, 8):
-        raise ExportError(f"int8 weight bits must be 7 or 8, got {int8_weight_bits!r}")
-    if int8_activations not in int8.ACTIVATIONS:
-        raise ExportError(f"int8 activations must be one of {int8.ACTIVATIONS}, got {int8_activations!r}")
+    int8.check_options(int8_weight_bits, int8_activations)  # before the long part
     resolved = resolve_source(source, revision=revision)
     config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
     row = find_family(source, family)

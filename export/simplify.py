@@ -127,6 +127,19 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
     return len(constants)
 
 
+def load_folded(graph_file: Path):
+    """(the graph in `graph_file` with its shapes folded and its weights loaded, tensors folded). A
+    data file's weights come in only after the folding: fold_shapes serializes the graph for
+    onnxruntime, which a graph past 2 GiB cannot be with its weights in it."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.load(str(graph_file), load_external_data=False)
+    folded = fold_shapes(model, data_folder=graph_file.parent)
+    load_external_data_for_model(model, str(graph_file.parent))
+    return model, folded
+
+
 def _probe_feeds(graph) -> list[dict] | None:
     """One feed per PROBE_SHAPES entry and content: each input's first two free dimensions (by name)
     set to (batch, sequence), its fixed ones kept; None when an input has a third free dimension or

@@ -141,15 +141,9 @@ def fold_plain(plain_file: Path) -> int:
     """Fold the plain graph's shape arithmetic into constants, in place (export/simplify.py): fewer
     nodes to run and to load (bge-small shape: 1,117 -> 466 before onnxruntime's own optimizer).
     Run after the fused and int8 graphs were made from the graph as exported."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
+    from .simplify import load_folded
 
-    from . import graphfile
-    from .simplify import fold_shapes
-
-    model = onnx.load(str(plain_file), load_external_data=False)
-    folded = fold_shapes(model, data_folder=Path(plain_file).parent)
+    model, folded = load_folded(Path(plain_file))
     if folded:
-        load_external_data_for_model(model, str(Path(plain_file).parent))
         graphfile.save_graph(model, Path(plain_file))
     return folded
