@@ -75,6 +75,7 @@ class OpenModel:
     file: Path | None = None
     choice: object = None
     exact_int8: bool | None = False
+    spinning: bool = True
     _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
     _release: object = None  # onnxruntime.RunOptions, made on first use
 
@@ -128,7 +129,7 @@ class OpenModel:
                 return cls(path, manifest, tokenizer, session, name, choice.device,
                            _model_inputs(session, manifest), variant.output or manifest.output,
                            threads=default_threads() if threads is None else threads, file=file, choice=choice,
-                           exact_int8=exact_int8)
+                           exact_int8=exact_int8, spinning=spinning)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -183,8 +184,8 @@ class OpenModel:
             if self._side is None:
                 # memory patterns on: two sessions allocating side by side without them ran short
                 # texts ~20% slower (bge-small shape int8), and small batches keep the patterns small
-                session = open_session(str(self.file), self.choice, threads=1, exact_int8=self.exact_int8,
-                                       memory_patterns=True)
+                session = open_session(str(self.file), self.choice, threads=1, spinning=self.spinning,
+                                       exact_int8=self.exact_int8, memory_patterns=True)
                 self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
 

@@ -150,6 +150,14 @@ def test_small_batches_run_side_by_side_with_the_same_vectors(tiny_model):
     assert main_only._model._side is None
 
 
+def test_the_side_by_side_session_keeps_the_spinning_choice(tiny_model):
+    texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
+    quiet = bgeort.Embedder(tiny_model, threads=2, spinning=False)
+    quiet.encode(texts, batch_size=4)
+    side = quiet._model._side[0].get_session_options()
+    assert side.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 class RecordingSession:
     """Wraps an onnxruntime session and records the run options of each call."""
 
