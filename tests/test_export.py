@@ -220,8 +220,12 @@ def test_static_int8_activations_export_and_pass_their_parity_check(tiny_source,
     assert load_manifest(tiny_model).variants["int8"].parity["quantized_ops"]["activations"] == "uint8 per token"
     texts = ["the giant panda", "a bear eats bamboo in the mountains of china"]
     static = bgeort.Embedder(folder, precision="int8", threads=1)
-    # held to the PyTorch-checked fp32 of the same weights (the default export's)
+    # held to the PyTorch-checked fp32 of the same weights (the default export's), and to PyTorch itself
     fp32 = bgeort.Embedder(tiny_model, precision="fp32", threads=1).encode(texts)
     assert (static.encode(texts) * fp32).sum(axis=1).min() > 0.98
+    manifest = load_manifest(folder)
+    reference = verify.torch_reference(tiny_source, texts, pooling=manifest.pooling, normalize=manifest.normalize,
+                                       max_length=manifest.max_length).vectors
+    assert (static.encode(texts) * reference).sum(axis=1).min() > 0.98
     with pytest.raises(ExportError, match="int8 activations must be one of"):
         export_model(str(tiny_source), out=tmp_path, name="bad", precisions=("int8",), int8_activations="tensor")
