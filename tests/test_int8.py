@@ -291,6 +291,9 @@ def test_static_activations_use_one_calibrated_scale_and_no_run_time_scaling(tmp
     ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert not {"Abs", "ReduceMax"} & set(ops) and ops.count("QuantizeLinear") == 2
     assert (ops.count("Div"), ops.count("Mul")) == (1, 2)  # the GELU's own: no scaling at run time
+    # each bias is the integer MatMul's own last input: the only Add left is the GELU's (1 + erf)
+    assert ops.count("Add") == 1
+    assert all(len(n.input) == 7 for n in onnx.load(str(int8)).graph.node if n.op_type == "MatMulIntegerToFloat")
     x = rng.normal(0, 1, (3, 5, K)).astype(np.float32)
     x = np.clip(x, -np.abs(calibration).max(), np.abs(calibration).max())  # inside the calibrated range
     assert relative_error(run(int8, x=x), ffn_reference(inits, x)).max() < 0.05
