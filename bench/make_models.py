@@ -5,8 +5,8 @@ For each model key there is one folder with:
               onnx/model.onnx and sentence-transformers' own int8 export, made by sentence-transformers
   bgeort/     the bgeort export of src (python -m export)
   bgeort-static/  the same with --int8-activations static (int8 only)
-  fastembed/  the fp32 graph bgeort runs on CPU (model_unfused.onnx, symlinked as model.onnx) with the
-              source's tokenizer files, for fastembed
+  fastembed/  the plain fp32 graph bgeort's CPU fp32 variant is made from (before pooling and the
+              first-token last layer) with the source's tokenizer files, for fastembed
 
 Keys: `bge-small` is a BERT of bge-small-en-v1.5's exact shape (12 x 384, 12 heads, 1536 FFN,
 30522 vocab) with random weights (torch seed 0) and the real uncased vocab from all-MiniLM-L6-v2;
@@ -114,16 +114,22 @@ def export_bgeort(src: Path, out: Path, family: str | None, *extra: str) -> None
     subprocess.run(command, check=True, cwd=REPO, env=env)
 
 
-def write_fastembed_folder(src: Path, bgeort_folder: Path, folder: Path) -> None:
+def write_fastembed_folder(src: Path, folder: Path) -> None:
     """fastembed reads model.onnx, tokenizer.json, tokenizer_config.json, special_tokens_map.json and
-    config.json from one folder: the same fp32 ONNX file bgeort runs on CPU (the plain exporter graph,
-    faster there than the fused one), with the source's tokenizer files as a user would have them
-    (tokenizer.json's own truncation and padding kept)."""
+    config.json from one folder: the fp32 graph bgeort's CPU fp32 variant is made from (optimum's
+    plain graph, shapes folded: faster on CPU than the fused one), before bgeort pools inside it and
+    narrows its last layer to the first token (fastembed pools token states itself), with the
+    source's tokenizer files as a user would have them (tokenizer.json's own truncation and padding
+    kept)."""
+    sys.path.insert(0, str(REPO))
+    from export import stages
+
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "model.onnx"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(os.path.relpath(bgeort_folder / "model_unfused.onnx", folder))
+    graph = folder / "model.onnx"
+    if graph.is_symlink() or graph.exists():
+        graph.unlink()
+    stages.export_onnx(src, graph, task="feature-extraction", opset=None)
+    stages.fold_plain(graph)
     for name in (*TOKENIZER_FILES, "config.json"):
         shutil.copy(src / name, folder / name)
 
@@ -161,7 +167,7 @@ def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     print(f"[make_models] {key}: bgeort export, static int8 activations", file=sys.stderr, flush=True)
     export_bgeort(pristine, base / "bgeort-static", "bge-small-en-v1.5" if key == "bge-small" else None,
                   "--precisions", "int8", "--int8-activations", "static")
-    write_fastembed_folder(pristine, base / "bgeort", base / "fastembed")
+    write_fastembed_folder(pristine, base / "fastembed")
     print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
           flush=True)
     add_st_onnx(src)

@@ -26,7 +26,7 @@ DESCRIPTIONS = {
     "st-torch": "sentence-transformers, PyTorch fp32",
     "st-onnx": "sentence-transformers, ONNX backend fp32 (onnx/model.onnx)",
     "st-onnx-int8": "sentence-transformers, ONNX backend, its own dynamic int8 export",
-    "fastembed": "fastembed TextEmbedding on the fp32 graph bgeort runs on CPU (model_unfused.onnx)",
+    "fastembed": "fastembed TextEmbedding on the plain fp32 graph bgeort's CPU fp32 variant is made from",
     "optimum": "optimum ORTModelForFeatureExtraction fp32 + transformers tokenizer, batches of 32 in input order",
 }
 
@@ -144,7 +144,8 @@ def _open_fastembed(folder: Path, threads: int, max_length: int, pooling: str):
         return np.stack(list(model.embed(texts)))
 
     info = {"batch_size": 256, "truncation_as_loaded": as_loaded, "max_length": max_length,
-            "file": "model_unfused.onnx (bgeort's CPU fp32 graph)", "model_bytes": (folder / "model.onnx").stat().st_size}
+            "file": "optimum's plain graph, shapes folded (bgeort's CPU fp32 graph before pooling and narrowing)",
+            "model_bytes": (folder / "model.onnx").stat().st_size}
     return encode, info
 
 

@@ -171,6 +171,14 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
             built["fp16"] = {"pooled_in_graph": True}
 
     built["fp32-unfused"] = {"folded_shape_tensors": stages.fold_plain(plain)}
+    if settings.kind == "reranker" or settings.pooling == "cls":
+        # Only the first token's state is read: the last layer computes that row alone. A CLS
+        # embedder's token-state output becomes [batch, 1, dim], still pooled (row 0) in numpy.
+        log("computing the last layer for the first token only")
+        for precision, extra in built.items():
+            first_rows = (KINDS["embedder"]["output"],) if settings.kind == "embedder" else ()
+            extra["first_token_nodes"] = stages.first_token_only(staging / FILES[precision],
+                                                                 first_row_outputs=first_rows)
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
     dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset), staging)

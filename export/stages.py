@@ -147,3 +147,21 @@ def fold_plain(plain_file: Path) -> int:
     if folded:
         graphfile.save_graph(model, Path(plain_file))
     return folded
+
+
+def first_token_only(graph_file: Path, *, first_row_outputs: tuple[str, ...] = ()) -> int:
+    """Where only the first token's state is read (a cross-encoder's head, a CLS Gather, the outputs
+    in `first_row_outputs`: bgeort pools them by CLS), the last layer computes that row only
+    (export/narrow.py), in place. Returns the nodes narrowed."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from .narrow import first_token_only as narrow
+
+    graph_file = Path(graph_file)
+    model = onnx.load(str(graph_file), load_external_data=False)
+    narrowed = narrow(model, first_row_outputs=first_row_outputs, data_folder=graph_file.parent)
+    if narrowed:
+        load_external_data_for_model(model, str(graph_file.parent))
+        graphfile.save_graph(model, graph_file)
+    return narrowed
