@@ -8,7 +8,7 @@ NAME ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup export demo test bench clean
+.PHONY: help setup export demo test bench bench-rerank clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 
 bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~20 min; BENCH_ARGS=--quick for a smoke run)
 	$(PY) bench/cpu.py $(BENCH_ARGS)
+
+bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~10 min)
+	$(PY) bench/rerank.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment and exported models
 	rm -rf $(VENV) $(filter-out $(OUT)/README.md,$(wildcard $(OUT)/*))
