@@ -163,6 +163,8 @@ class OpenModel:
         # batches, the last one hands the arena's free memory back (_release_after).
         for i, indices in enumerate(batches):
             run(indices, self.session, release if i == len(batches) - 1 else None)
+        if release is not None:
+            trim_heap()
         return out
 
     def _release_after(self):
@@ -188,6 +190,35 @@ class OpenModel:
                                        exact_int8=self.exact_int8, memory_patterns=True)
                 self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
+
+
+_LIBC_TRIM = []  # [glibc's malloc_trim, or None where there is none], looked up once
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    After the arena shrinks (_release_after) its blocks go back to malloc, but glibc keeps them:
+    freeing a large mmapped block raises its mmap threshold, so the next ones come from the heap and
+    stay there. bge-small shape int8, 2 threads, passes over SciFact chunks: RSS after each pass
+    181, 198, 210, 211, ... 220 MB without, 133 MB after every pass with (peak 347 -> 324 MB), for
+    ~5 ms a call against ~2.5 s, throughput unchanged. Returns whether it ran."""
+    if not _LIBC_TRIM:
+        trim = None
+        if os.name == "posix":
+            import ctypes
+
+            try:  # the symbols already loaded into this process: glibc's, on Linux
+                trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only (not musl, macOS)
+            except OSError:
+                trim = None
+            if trim is not None:
+                trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        _LIBC_TRIM.append(trim)
+    if _LIBC_TRIM[0] is None:
+        return False
+    _LIBC_TRIM[0](0)
+    return True
 
 
 def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) -> np.ndarray:

@@ -169,20 +169,38 @@ class RecordingSession:
         return self.session.run(outputs, feed, options)
 
 
-def test_a_call_with_large_batches_hands_the_arena_back_at_its_end(tiny_model):
+def test_a_call_with_large_batches_hands_the_arena_back_at_its_end(tiny_model, monkeypatch):
+    trims = []
+    monkeypatch.setattr(bgeort.model, "trim_heap", lambda: trims.append(1))
     model = bgeort.Embedder(tiny_model, threads=1, batch_size=20)
     recorder = model._model.session = RecordingSession(model._model.session)
     expected = bgeort.Embedder(tiny_model, threads=1).encode(SENTENCES)
     np.testing.assert_allclose(model.encode(SENTENCES), expected, atol=1e-6)  # small: the arena is kept
-    assert recorder.options and set(recorder.options) == {None}
+    assert recorder.options and set(recorder.options) == {None} and not trims
     small_runs = len(recorder.options)
     with pytest.warns(TruncationWarning):
         model.encode([" ".join(SENTENCES) * 3] * 40)  # two batches of 20 x 64 tokens
     first, last = recorder.options[small_runs:]
     assert first is None
     assert last.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert trims == [1]  # and the C heap's free pages go back to the OS once, after the call
     options = model._model.session.session.get_session_options()
     assert not options.enable_mem_pattern  # tensors freed as they die: a lower peak on CPU
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_heap_hands_freed_pages_back_on_glibc():
+    import ctypes
+
+    glibc = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert bgeort.model.trim_heap() is glibc  # on musl there is nothing to call, and nothing fails
+    if glibc:
+        rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096  # noqa: E731
+        blocks = [np.ones(1 << 15, np.uint8) for _ in range(4000)]  # 128 MiB of heap-sized blocks
+        del blocks[:-1]  # all but the last freed: glibc keeps them below the top of the heap
+        before = rss()
+        bgeort.model.trim_heap()
+        assert rss() < before - 64 * 2**20
 
 
 @pytest.fixture
