@@ -46,11 +46,14 @@ def plan_batches(lengths, *, batch_size: int, max_tokens: int | None = None) -> 
 
 
 # Defaults per device: (texts per batch, padded tokens per batch). A GPU wants large batches to
-# fill its cores. On CPU, bge-small int8 at 1 thread ran SciFact chunks (~300 tokens) at 5.7
-# texts/s with 32 texts a batch and no budget, 7.5 with a 2048-token budget, 7.9 with 1024; short
-# texts (~30 tokens, under the budget either way) within noise; and the budget caps the attention
-# buffers, so peak memory stays flat (32 x 512 tokens took ~400 MB more).
-DEVICE_DEFAULTS = {"cpu": (32, 2048), "cuda": (256, 65536)}
+# fill its cores. On CPU small batches win: the attention scores of a batch (batch x heads x length^2
+# floats) stay in cache, and at 2+ threads each batch fits the side-by-side sessions (model.py).
+# bge-small shape int8, budget 128 against 2048 (interleaved, this Xeon): SciFact chunks (~330
+# tokens, so one per batch) +53% at 1 thread, +75% at 2; the long-tailed mix +68% at 2; STS-B
+# sentences (~13 tokens, ~9 a batch) +23% at 1 and +3..21% at 2; fp32 chunks +33% at 2. (1024 and
+# 2048 were within 10% of each other; 2048 had beaten 32 texts with no budget by 1.3x on chunks.)
+# The budget also caps the attention buffers, so peak memory stays low.
+DEVICE_DEFAULTS = {"cpu": (32, 128), "cuda": (256, 65536)}
 
 
 def batch_defaults(device: str) -> tuple[int, int | None]:

@@ -43,7 +43,10 @@ def test_plan_batches_rejects_bad_limits(kwargs):
 def test_device_defaults():
     from bgeort.batching import batch_defaults
 
-    assert batch_defaults("cpu") == (32, 2048)
+    size, tokens = batch_defaults("cpu")
+    assert (size, tokens) == (32, 128)  # measured in bgeort/batching.py
+    # a text past the budget runs alone, unpadded; short ones still share a batch
+    assert [len(b) for b in plan_batches([300, 290, 12, 11, 10], batch_size=size, max_tokens=tokens)] == [1, 1, 3]
     size, tokens = batch_defaults("cuda:1")
     assert size > 32 and tokens >= size * 64
 

@@ -144,7 +144,7 @@ def test_small_batches_run_side_by_side_with_the_same_vectors(tiny_model):
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # two batches of 20 x 64 tokens, past the side-by-side size: they run on the main session only
     long_texts = [" ".join(SENTENCES) * 3] * 40
-    main_only = bgeort.Embedder(tiny_model, threads=2, batch_size=20)
+    main_only = bgeort.Embedder(tiny_model, threads=2, batch_size=20, max_batch_tokens=2048)
     with pytest.warns(TruncationWarning):
         np.testing.assert_allclose(main_only.encode(long_texts), serial.encode(long_texts), atol=1e-6)
     assert main_only._model._side is None
@@ -172,7 +172,7 @@ class RecordingSession:
 def test_a_call_with_large_batches_hands_the_arena_back_at_its_end(tiny_model, monkeypatch):
     trims = []
     monkeypatch.setattr(bgeort.model, "trim_heap", lambda: trims.append(1))
-    model = bgeort.Embedder(tiny_model, threads=1, batch_size=20)
+    model = bgeort.Embedder(tiny_model, threads=1, batch_size=20, max_batch_tokens=2048)
     recorder = model._model.session = RecordingSession(model._model.session)
     expected = bgeort.Embedder(tiny_model, threads=1).encode(SENTENCES)
     np.testing.assert_allclose(model.encode(SENTENCES), expected, atol=1e-6)  # small: the arena is kept
