@@ -25,14 +25,16 @@ class Embedder:
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, query_instruction_for_retrieval: str | None = None,
-                 normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True):
+                 normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True,
+                 side_by_side: bool | None = None):
         """Open the model folder at `path` (see the README for every option).
 
         `query_instruction_for_retrieval` and `normalize_embeddings` are FlagEmbedding's FlagModel
         options; None keeps what the manifest says (the model card's instruction; normalize for BGE).
         """
         self._model = OpenModel.open(path, kind="embedder", precision=precision, device=device,
-                                     threads=threads, spinning=spinning, verify=verify)
+                                     threads=threads, spinning=spinning, verify=verify,
+                                     side_by_side=side_by_side)
         manifest = self._model.manifest
         self.manifest = manifest
         default_size, default_tokens = batch_defaults(self._model.device)

@@ -28,6 +28,12 @@ _SIDE_LOCK = threading.Lock()
 # 1 thread 735 texts/s, 2 threads in one run 930-1010, two 1-thread runs side by side 1290-1480;
 # SciFact chunks (2,048-token batches): 40-42 either way. The second session opens on first use.
 SIDE_BY_SIDE_TOKENS = 1024
+# The side session holds a second copy of the weights (and of onnxruntime's packed forms of them):
+# opened by default only for a graph this small. bge-small shape, 2 threads, passes over SciFact
+# chunks in single-text batches: int8 (38 MB) side by side 18.0 texts/s, RSS 298 MB, main session
+# alone 16.4 and 135 MB; fp32 (133 MB) 10.8 and 547 MB against 9.2 and 223 MB (past the model +
+# 300 MB bgeort keeps to). `side_by_side=True` opens it for any graph, False never.
+SIDE_SESSION_MAX_BYTES = 64 * 2**20
 
 
 def choose_precisions(manifest: Manifest, precision: str, device: str) -> list[str]:
@@ -76,14 +82,17 @@ class OpenModel:
     choice: object = None
     exact_int8: bool | None = False
     spinning: bool = True
+    side_by_side: bool = True
     _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
     _release: object = None  # onnxruntime.RunOptions, made on first use
 
     @classmethod
     def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
-             spinning: bool = True, verify: bool = True) -> "OpenModel":
+             spinning: bool = True, verify: bool = True, side_by_side: bool | None = None) -> "OpenModel":
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if side_by_side is not None and not isinstance(side_by_side, bool):
+            raise ValueError(f"side_by_side must be True, False or None (by the graph's size), got {side_by_side!r}")
         path = Path(os.fspath(path))
         manifest = load_manifest(path)
         hint = rebuild_hint(path, manifest.provenance.get("source"))
@@ -126,10 +135,12 @@ class OpenModel:
                                   RuntimeWarning, stacklevel=3)
                     continue
                 hashing.result()
+                if side_by_side is None:
+                    side_by_side = variant.bytes + (variant.data_bytes or 0) <= SIDE_SESSION_MAX_BYTES
                 return cls(path, manifest, tokenizer, session, name, choice.device,
                            _model_inputs(session, manifest), variant.output or manifest.output,
                            threads=default_threads() if threads is None else threads, file=file, choice=choice,
-                           exact_int8=exact_int8, spinning=spinning)
+                           exact_int8=exact_int8, spinning=spinning, side_by_side=side_by_side)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -153,7 +164,7 @@ class OpenModel:
         batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
         fits = [len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS for b in batches]
         release = None if all(fits) else self._release_after()  # small runs reuse a small arena
-        if self.device == "cpu" and self.threads > 1:
+        if self.device == "cpu" and self.threads > 1 and self.side_by_side:
             if sum(fits) > 1:
                 session, executor = self._side_by_side()
                 for done in [executor.submit(run, b, session) for b, fit in zip(batches, fits) if fit]:

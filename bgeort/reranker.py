@@ -40,9 +40,11 @@ class Reranker:
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
-                 max_batch_tokens: int | None = None, spinning: bool = True, verify: bool = True):
+                 max_batch_tokens: int | None = None, spinning: bool = True, verify: bool = True,
+                 side_by_side: bool | None = None):
         self._model = OpenModel.open(path, kind="reranker", precision=precision, device=device,
-                                     threads=threads, spinning=spinning, verify=verify)
+                                     threads=threads, spinning=spinning, verify=verify,
+                                     side_by_side=side_by_side)
         self.manifest = self._model.manifest
         default_size, default_tokens = batch_defaults(self._model.device)
         self.batch_size = default_size if batch_size is None else positive("batch_size", batch_size)

@@ -150,6 +150,22 @@ def test_small_batches_run_side_by_side_with_the_same_vectors(tiny_model):
     assert main_only._model._side is None
 
 
+def test_the_side_session_opens_only_for_small_graphs_unless_asked(tiny_model, monkeypatch):
+    """It holds a second copy of the weights: by default only for graphs up to
+    SIDE_SESSION_MAX_BYTES; side_by_side=True/False decides for any graph. Same vectors either way."""
+    texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
+    expected = bgeort.Embedder(tiny_model, threads=1).encode(texts)
+    monkeypatch.setattr(bgeort.model, "SIDE_SESSION_MAX_BYTES", 0)  # every graph is "large"
+    for option, opened in ((None, False), (True, True), (False, False)):
+        model = bgeort.Embedder(tiny_model, threads=2, side_by_side=option)
+        np.testing.assert_allclose(model.encode(texts, batch_size=4), expected, atol=1e-6)
+        assert (model._model._side is not None) is opened, option
+    monkeypatch.setattr(bgeort.model, "SIDE_SESSION_MAX_BYTES", 64 * 2**20)
+    assert bgeort.Embedder(tiny_model, threads=2)._model.side_by_side  # a tiny graph: on
+    with pytest.raises(ValueError, match="side_by_side must be True, False or None"):
+        bgeort.Embedder(tiny_model, side_by_side="yes")
+
+
 def test_the_side_by_side_session_keeps_the_spinning_choice(tiny_model):
     texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
     quiet = bgeort.Embedder(tiny_model, threads=2, spinning=False)
