@@ -38,24 +38,31 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class Worker:
-    """One peer in a subprocess (worker.py), driven by JSON lines."""
+def worker_env(threads: int) -> dict:
+    """A worker's environment: every BLAS and OpenMP pool at `threads`, offline, quiet tokenizers."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
 
-    def __init__(self, peer: str, model: str, threads: int, args, corpora_file: Path):
-        settings = MODELS[model]
-        command = [sys.executable, str(HERE / "worker.py"), "--peer", peer, "--base", str(args.models / model),
-                   "--threads", str(threads), "--max-length", str(settings["max_length"]),
-                   "--pooling", settings["pooling"], "--st-int8-file", st_int8_file(),
-                   "--corpora", str(corpora_file)]
-        if args.bgeort_max_batch_tokens:
-            command += ["--bgeort-max-batch-tokens", str(args.bgeort_max_batch_tokens)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "OPENBLAS_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+
+class Worker:
+    """One peer in a subprocess, driven by JSON lines: its first line is a hello, then one answer a
+    command. `command` is the process to start (default: worker.py for `model`)."""
+
+    def __init__(self, peer: str, model: str, threads: int, args, corpora_file: Path | None = None, *,
+                 command: list[str] | None = None, log_name: str | None = None):
+        if command is None:
+            settings = MODELS[model]
+            command = [sys.executable, str(HERE / "worker.py"), "--peer", peer, "--base", str(args.models / model),
+                       "--threads", str(threads), "--max-length", str(settings["max_length"]),
+                       "--pooling", settings["pooling"], "--st-int8-file", st_int8_file(),
+                       "--corpora", str(corpora_file)]
+            if args.bgeort_max_batch_tokens:
+                command += ["--bgeort-max-batch-tokens", str(args.bgeort_max_batch_tokens)]
         self.peer = peer
-        self.stderr = open(args.log_dir / f"{model}-{peer}-t{threads}.log", "w")
+        self.stderr = open(args.log_dir / (log_name or f"{model}-{peer}-t{threads}.log"), "w")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                        text=True, env=env, cwd=REPO)
+                                        text=True, env=worker_env(threads), cwd=REPO)
         self.hello = self._read()
 
     def _read(self) -> dict:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from corpora import DATA, stsb_pairs  # noqa: E402
+from cpu import Worker  # noqa: E402
 from environment import describe_environment  # noqa: E402
 from make_models import DEFAULT_ROOT, MINILM, build_fingerprint, export_bgeort  # noqa: E402
 
@@ -153,44 +153,12 @@ def worker(args) -> int:
     return 0
 
 
-class Worker:
-    def __init__(self, peer: str, threads: int, args):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "OPENBLAS_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-        self.peer = peer
-        self.log = open(args.log_dir / f"rerank-{peer}-t{threads}.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--threads", str(threads),
-             "--models", str(args.models), "--pairs", str(args.pairs)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=REPO)
-        self.hello = self._read()
-
-    def _read(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait()
-            raise RuntimeError(f"worker {self.peer} exited ({self.process.returncode}); see {self.log.name}")
-        return json.loads(line)
-
-    def ask(self, **command) -> dict:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        try:
-            self.process.stdin.write('{"op": "quit"}\n')
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            pass
-        self.process.wait(timeout=60)
-        self.log.close()
-
-
 def measure(threads: int, args, pairs: dict) -> dict:
     log(f"{threads} thread(s): opening {', '.join(args.peer_list)}")
-    workers = [Worker(peer, threads, args) for peer in args.peer_list]
+    workers = [Worker(peer, "reranker-base", threads, args, log_name=f"rerank-{peer}-t{threads}.log",
+                      command=[sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--threads",
+                               str(threads), "--models", str(args.models), "--pairs", str(args.pairs)])
+               for peer in args.peer_list]
     out = {w.peer: {"hello": w.hello, "runs": {c: [] for c in pairs}, "latency": []} for w in workers}
     try:
         for w in workers:  # warm-up, and the scores every peer must agree on

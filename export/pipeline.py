@@ -175,8 +175,8 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         # Only the first token's state is read: the last layer computes that row alone. A CLS
         # embedder's token-state output becomes [batch, 1, dim], still pooled (row 0) in numpy.
         log("computing the last layer for the first token only")
+        first_rows = (KINDS["embedder"]["output"],) if settings.kind == "embedder" else ()
         for precision, extra in built.items():
-            first_rows = (KINDS["embedder"]["output"],) if settings.kind == "embedder" else ()
             extra["first_token_nodes"] = stages.first_token_only(staging / FILES[precision],
                                                                  first_row_outputs=first_rows)
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
