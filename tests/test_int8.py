@@ -102,6 +102,8 @@ def test_every_matmul_quantized_per_token_and_the_gelu_input_shifted(tmp_path):
     # each bias Add (and the GELU shift's correction) is folded into one Add after the MatMul
     ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("Add") == 2 + 1 + 1  # biases, Erf's +1, shift
+    # each row is scaled by one reciprocal (a Mul per element, not a Div): the only Div is the GELU's
+    assert (ops.count("Reciprocal"), ops.count("Div")) == (2, 1)
 
     x = rows_of_every_scale(rng)
     exact, ours = ffn_reference(inits, x), run(int8, x=x)

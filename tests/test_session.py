@@ -71,3 +71,46 @@ def test_exact_int8_sets_the_onnxruntime_option():
     assert session_options(ort, threads=1, spinning=True, exact_int8=False, cpu=False).enable_mem_pattern
     with pytest.raises(RuntimeError, match="does not have configuration"):
         off.get_session_config_entry(key)
+
+
+def test_cpu_sessions_keep_the_ffn_bias_add_and_gelu_apart(tmp_path, monkeypatch):
+    """onnxruntime would fuse the bias Add and the GELU into BiasGelu, slower on CPU than the two
+    (bgeort/session.py); the session bgeort opens must run Add + Gelu, with the same numbers."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import bgeort.session as session_module
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Add", ["x", "bias"], ["h"]),
+             helper.make_node("Div", ["h", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["f"]), helper.make_node("Mul", ["h", "f"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["y"])]
+    constants = [numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bias"),
+                 numpy_helper.from_array(np.array(2 ** 0.5, np.float32), "sqrt2"),
+                 numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+                 numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], constants)
+    model_file = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_file)
+
+    written = []
+    real_options = session_module.session_options
+
+    def options_writing_the_optimized_graph(*args, **kwargs):
+        options = real_options(*args, **kwargs)
+        options.optimized_model_filepath = str(tmp_path / f"optimized{len(written)}.onnx")
+        written.append(options.optimized_model_filepath)
+        return options
+
+    monkeypatch.setattr(session_module, "session_options", options_writing_the_optimized_graph)
+    session = session_module.open_session(str(model_file), choose_providers("cpu", [CPU])[0], threads=1)
+    ops = [node.op_type for node in onnx.load(written[0]).graph.node]
+    assert "BiasGelu" not in ops and "Gelu" in ops, ops
+
+    fused = ort.InferenceSession(str(model_file), providers=[CPU])  # onnxruntime's default: BiasGelu
+    x = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], fused.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
