@@ -229,3 +229,40 @@ def test_static_int8_activations_export_and_pass_their_parity_check(tiny_source,
     assert (static.encode(texts) * reference).sum(axis=1).min() > 0.98
     with pytest.raises(ExportError, match="int8 activations must be one of"):
         export_model(str(tiny_source), out=tmp_path, name="bad", precisions=("int8",), int8_activations="tensor")
+
+
+def _child_pid_and_sum(a, b):
+    return os.getpid(), a + b
+
+
+def _child_export_error(message):
+    from export.source import ExportError
+
+    raise ExportError(message)
+
+
+def _child_killed():
+    os._exit(137)  # what the kernel's out-of-memory killer leaves behind: no exception, no result
+
+
+def test_stage_runner_runs_a_stage_in_a_process_of_its_own():
+    from export.pipeline import StageRunner
+
+    assert StageRunner(False)(_child_pid_and_sum, 2, b=3) == (os.getpid(), 5)
+    pid, total = StageRunner(True)(_child_pid_and_sum, 2, b=3)
+    assert pid != os.getpid() and total == 5
+    with pytest.raises(ExportError, match="the int8 graph is wrong"):
+        StageRunner(True)(_child_export_error, "the int8 graph is wrong")
+    with pytest.raises(ExportError, match="_child_killed died.*out of memory"):
+        StageRunner(True)(_child_killed)
+
+
+def test_export_with_a_process_per_stage_writes_the_same_graphs(tiny_source, tiny_model, tmp_path):
+    """Large sources run each heavy stage in a child process (export/pipeline.py); the folder must
+    be the one the in-process export writes."""
+    folder = export_model(str(tiny_source), out=tmp_path, separate_stages=True)
+    ours, reference = load_manifest(folder), load_manifest(tiny_model)
+    assert set(ours.variants) == set(reference.variants) == {"fp32", "fp32-unfused", "int8", "fp16"}
+    for precision, variant in ours.variants.items():
+        assert variant.parity["passed"]
+        assert variant.sha256 == reference.variants[precision].sha256, precision
