@@ -105,7 +105,8 @@ def external_locations(model) -> set[str]:
 
 
 def cpu_session(model, folder: Path | None = None):
-    """An onnxruntime CPU session of an in-memory graph whose data file, if any, is in `folder`.
+    """An onnxruntime CPU session of an in-memory graph (a ModelProto or its serialized bytes) whose
+    data file, if any, is in `folder`.
 
     For a graph loaded with `load_external_data=False`: a graph past 2 GiB cannot be serialized
     with its weights, so it goes to onnxruntime without them and onnxruntime reads them from there.
@@ -115,4 +116,5 @@ def cpu_session(model, folder: Path | None = None):
     options = ort.SessionOptions()
     if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    serialized = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(serialized, sess_options=options, providers=["CPUExecutionProvider"])

@@ -338,13 +338,17 @@ class _Builder:
         """Gather from an int8 table with one scale per row: rows * scales[ids]."""
         from onnx import TensorProto, numpy_helper
 
-        rows = numpy_helper.to_array(table).astype(np.float32)
+        rows = np.asarray(numpy_helper.to_array(table), dtype=np.float32)
         scale = np.abs(rows).max(axis=1, keepdims=True) / 127
         scale[scale == 0] = 1.0
         p = PREFIX + "embedding/"
         ids = node.input[1]
-        q = self.node("Gather", [self.const(p + "rows", np.clip(np.round(rows / scale), -127, 127).astype(np.int8)),
-                                 ids], p + "q", axis=0)
+        # in place: XLM-R's table is 250,002 x 768 floats (768 MB), each temporary another such copy
+        unit = np.divide(rows, scale)
+        del rows
+        np.clip(np.round(unit, out=unit), -127, 127, out=unit)
+        q = self.node("Gather", [self.const(p + "rows", unit.astype(np.int8)), ids], p + "q", axis=0)
+        del unit
         s = self.node("Gather", [self.const(p + "scale", scale.astype(np.float32)), ids], p + "scale", axis=0)
         f = self.node("Cast", [q], p + "f", to=TensorProto.FLOAT)
         self.node("Mul", [f, s], node.output[0])

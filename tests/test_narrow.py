@@ -170,3 +170,16 @@ def test_exported_cls_embedder_and_rerankers_narrow_every_variant(bge_small_shap
         assert session.run(["last_hidden_state"], feed)[0].shape == (2, 1, 384), name
     mean_pooled = json.loads((tiny_model / "bgeort.json").read_text())["variants"]
     assert not any("first_token_nodes" in v["parity"] for v in mean_pooled.values())
+
+
+def test_probing_leaves_a_graph_it_cannot_narrow_exactly_as_it_was():
+    """The probes run the model itself with its nodes renamed for a moment (no copy of the weights is
+    made); the names must come back, and nothing else may change."""
+    rng = np.random.default_rng(5)
+    body = [helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=1, name="mix"),
+            helper.make_node("Add", ["y", "x"], ["z"], name="add"),
+            helper.make_node("Gather", ["z", "zero"], ["cls"], axis=1, name="first")]
+    model = token_graph(body, ["cls"], rng)
+    before = model.SerializeToString()
+    assert first_token_only(model) == 0
+    assert model.SerializeToString() == before
