@@ -12,7 +12,9 @@ onnxruntime read the data file named inside the graph.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 
 from .source import ExportError
@@ -51,6 +53,32 @@ def save_graph(model, graph_file: Path) -> None:
             if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_TENSOR_BYTES:
                 set_external_data(tensor, data.name)
     onnx.save_model(model, str(graph_file))
+
+
+def weights_aside(graph_file: Path, folder: Path) -> Path:
+    """A copy of `graph_file` in `folder` with every tensor of INLINE_TENSOR_BYTES or more in one data
+    file beside it (whatever the size), for stages that should not hold the weights in memory."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(str(graph_file))
+    copy = Path(folder) / "graph.onnx"
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_TENSOR_BYTES:
+            set_external_data(tensor, data_path(copy).name)
+    onnx.save_model(model, str(copy))
+    return copy
+
+
+@contextlib.contextmanager
+def working_directory(folder):
+    """cd into `folder` for the block: onnx reads an external tensor relative to the current one."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def needs_data_file(model) -> bool:

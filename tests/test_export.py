@@ -266,3 +266,22 @@ def test_export_with_a_process_per_stage_writes_the_same_graphs(tiny_source, tin
     for precision, variant in ours.variants.items():
         assert variant.parity["passed"]
         assert variant.sha256 == reference.variants[precision].sha256, precision
+
+
+def test_fusion_with_the_weights_set_aside_writes_what_the_optimizer_writes_in_memory(tiny_source, tmp_path):
+    """stages.fuse runs onnxruntime's optimizer on the graph with its weights in a file beside it (the
+    optimizer's copies inside one protobuf message otherwise grow to several times the weights);
+    the fused file must be the one the optimizer writes from the whole graph in memory."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    plain = tmp_path / "plain.onnx"
+    stages.export_onnx(tiny_source, plain, task="feature-extraction", opset=None)
+    cwd = os.getcwd()
+    fusions = stages.fuse(plain, tmp_path / "fused.onnx", num_layers=2, num_heads=4, hidden_size=32)
+    assert os.getcwd() == cwd and fusions["Attention"] == 2
+    whole = optimize_model(str(plain), model_type="bert", num_heads=4, hidden_size=32,
+                           optimization_options=FusionOptions("bert"), opt_level=0, use_gpu=False)
+    whole.save_model_to_file(str(tmp_path / "whole.onnx"))
+    assert sha256_file(tmp_path / "fused.onnx") == sha256_file(tmp_path / "whole.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx", "plain.onnx", "whole.onnx"]  # nothing left
