@@ -34,10 +34,10 @@ DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["c
 # fusion, int8, fp16, the first-token pass, the PyTorch reference, each parity check) in a process of
 # its own: what a stage frees inside one Python process mostly stays with the process, so there the
 # stages' peaks pile up. bge-reranker-base shape (1.1 GB of weights): peak RSS of the export 16.2 GiB
-# in one process, 7.8 GiB with a process per stage, for 229 s against 209 s; the graphs written are
-# byte for byte the same. Stage peaks: onnxruntime's transformer fusion 7.8 GiB (its own copies of
-# the graph), optimum's export 5.1, fp16 5.2, int8 4.6, the first-token pass 4.7 (the last two after
-# the probes stopped copying the model: export/simplify.py, export/narrow.py).
+# in one process, 7.8 GiB with a process per stage (209 -> 229 s; the graphs written are byte for
+# byte the same), 5.1 GiB once the fusion, int8 and first-token stages stopped copying the model
+# (export/stages.py, export/simplify.py, export/narrow.py; 194 s). Stage peaks now: optimum's export
+# 5.1 GiB, fp16 5.1, first-token pass 4.9, int8 4.6, fusion 3.7.
 SEPARATE_STAGES_BYTES = 256 * 2**20
 KINDS = {
     "embedder": {"model_types": ("bert",), "task": "feature-extraction", "output": "last_hidden_state"},
