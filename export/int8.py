@@ -65,8 +65,8 @@ symbols, a repeated word) 0.9905-0.9965 vs 0.9951-0.9986; calibrating with a 1.2
 of the max was worse (0.99393). A value past the calibrated range saturates, so text unlike the
 calibration set drifts further: per token stays the default. Full MiniLM eval
 (bench/results/eval-minilm-int8static.md, against eval-minilm.md's fp32): STS-B -0.04, SICK-R -0.00,
-STS12-16 +0.13..-0.00, SciFact +0.08, Banking77 -0.19, BIOSSES -0.75 (100 pairs; per token -0.37),
-at 13,500 tokens/s against 9,530 per token in the same eval. Smoothing by a per-channel step inside
+STS12-16 +0.13..-0.00, SciFact +0.08, Banking77 -0.19, BIOSSES -0.75 (100 pairs; per token -0.37,
+-0.40 since the reciprocal row scale), at 13,500 tokens/s against 9,530 per token in the same eval. Smoothing by a per-channel step inside
 QuantizeLinear (axis=-1) instead of the Mul ran 2x slower in onnxruntime. With static scales the bias
 (and the GELU shift) is the integer MatMul's own bias input, so no Add passes over its output and the
 FFN's GELU is onnxruntime's Gelu rather than BiasGelu (0.90 vs 1.52 ms on 736 x 1536, 1 thread):
