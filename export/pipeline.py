@@ -29,7 +29,6 @@ from .source import ExportError, FolderFacts, position_limit, read_folder_facts,
 FILES = {"fp32": "model.onnx", "fp32-unfused": "model_unfused.onnx", "int8": "model_int8.onnx",
          "fp16": "model_fp16.onnx"}
 DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["cpu"], "fp16": ["cuda"]}
-# Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 # Source weights past this many bytes run every stage that holds a whole model (optimum's export, the
 # fusion, int8, fp16, the first-token pass, the PyTorch reference, each parity check) in a process of
 # its own: what a stage frees inside one Python process mostly stays with the process, so there the
@@ -39,6 +38,7 @@ DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["c
 # (export/stages.py, export/simplify.py, export/narrow.py; 194 s). Stage peaks now: optimum's export
 # 5.1 GiB, fp16 5.1, first-token pass 4.9, int8 4.6, fusion 3.7.
 SEPARATE_STAGES_BYTES = 256 * 2**20
+# Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 KINDS = {
     "embedder": {"model_types": ("bert",), "task": "feature-extraction", "output": "last_hidden_state"},
     "reranker": {"model_types": ("bert", "xlm-roberta"), "task": "text-classification", "output": "logits"},
