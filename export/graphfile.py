@@ -39,16 +39,17 @@ def weight_bytes(model) -> int:
                for tensor in model.graph.initializer)
 
 
-def save_graph(model, graph_file: Path) -> None:
+def save_graph(model, graph_file: Path, *, data_file: bool | None = None) -> None:
     """Write `model` (holding all its weights in memory) as one file, or as `graph_file` and its
-    `data_path` when its weights pass SINGLE_FILE_BYTES. A data file left from before is removed
-    first (onnx appends to one). Afterwards `model` no longer holds the weights it moved out."""
+    `data_path` when its weights pass SINGLE_FILE_BYTES (`data_file=True`: whatever their size). A
+    data file left from before is removed first (onnx appends to one). Afterwards `model` no longer
+    holds the weights it moved out."""
     import onnx
     from onnx.external_data_helper import set_external_data
 
     data = data_path(Path(graph_file))
     data.unlink(missing_ok=True)
-    if needs_data_file(model):
+    if needs_data_file(model) if data_file is None else data_file:
         for tensor in model.graph.initializer:
             if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_TENSOR_BYTES:
                 set_external_data(tensor, data.name)
@@ -56,17 +57,12 @@ def save_graph(model, graph_file: Path) -> None:
 
 
 def weights_aside(graph_file: Path, folder: Path) -> Path:
-    """A copy of `graph_file` in `folder` with every tensor of INLINE_TENSOR_BYTES or more in one data
-    file beside it (whatever the size), for stages that should not hold the weights in memory."""
+    """A copy of `graph_file` in `folder` with its weights in a data file beside it, whatever their
+    size, for stages that should not hold the weights in memory."""
     import onnx
-    from onnx.external_data_helper import set_external_data
 
-    model = onnx.load(str(graph_file))
     copy = Path(folder) / "graph.onnx"
-    for tensor in model.graph.initializer:
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_TENSOR_BYTES:
-            set_external_data(tensor, data_path(copy).name)
-    onnx.save_model(model, str(copy))
+    save_graph(onnx.load(str(graph_file)), copy, data_file=True)
     return copy
 
 

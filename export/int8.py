@@ -57,17 +57,18 @@ where VNNI exists. What is left of the int8 error is almost all weight rounding:
 
 Static activations (`activations="static"`, `python -m export ... --int8-activations static`): every
 quantized input gets one scale for the whole tensor, from its max |x| over the calibration texts
-(after smoothing), and a GELU output a zero point at the shift. The per-token Abs / ReduceMax / Max /
-Reciprocal / Mul and the Mul after each MatMul disappear: bge-small shape 619 -> 399 nodes, STS-B sentences
-+17..29% texts/s at 1 thread (noisy run). Costs (all-MiniLM-L6-v2): STS-B cosine to fp32 0.99616 vs
+(after smoothing), and a GELU output a zero point at the shift. The per-token Abs / ReduceMax / Max
+/ Reciprocal / Mul and the Mul after each MatMul disappear: bge-small shape 619 -> 399 nodes, STS-B
+sentences +17..29% texts/s at 1 thread (noisy run). Costs (all-MiniLM-L6-v2): STS-B cosine to fp32 0.99616 vs
 0.99841 per token, SciFact abstracts 0.99517 vs 0.99700, a few odd texts (code, SQL, Japanese,
 symbols, a repeated word) 0.9905-0.9965 vs 0.9951-0.9986; calibrating with a 1.25x margin instead
 of the max was worse (0.99393). A value past the calibrated range saturates, so text unlike the
 calibration set drifts further: per token stays the default. Full MiniLM eval
 (bench/results/eval-minilm-int8static.md, against eval-minilm.md's fp32): STS-B -0.04, SICK-R -0.00,
 STS12-16 +0.13..-0.00, SciFact +0.08, Banking77 -0.19, BIOSSES -0.75 (100 pairs; per token -0.37,
--0.40 since the reciprocal row scale), at 13,500 tokens/s against 9,530 per token in the same eval. Smoothing by a per-channel step inside
-QuantizeLinear (axis=-1) instead of the Mul ran 2x slower in onnxruntime. With static scales the bias
+-0.40 since the reciprocal row scale), at 13,500 tokens/s against 9,530 per token in the same eval.
+Smoothing by a per-channel step inside QuantizeLinear (axis=-1) instead of the Mul ran 2x slower in
+onnxruntime. With static scales the bias
 (and the GELU shift) is the integer MatMul's own bias input, so no Add passes over its output and the
 FFN's GELU is onnxruntime's Gelu rather than BiasGelu (0.90 vs 1.52 ms on 736 x 1536, 1 thread):
 bge-small shape, 1 thread, interleaved, short texts +6%, SciFact chunks +11%, same vectors (cosine

@@ -113,4 +113,11 @@ def test_cpu_sessions_keep_the_ffn_bias_add_and_gelu_apart(tmp_path, monkeypatch
 
     fused = ort.InferenceSession(str(model_file), providers=[CPU])  # onnxruntime's default: BiasGelu
     x = rng.standard_normal((2, 3, 16)).astype(np.float32)
-    np.testing.assert_allclose(session.run(None, {"x": x})[0], fused.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    ours = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, fused.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    # and both are the exact (erf) GELU of x + bias, computed here in float64
+    import math
+
+    h = x.astype(np.float64) + numpy_helper.to_array(constants[0])
+    exact = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-6)
