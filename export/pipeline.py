@@ -36,7 +36,7 @@ DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["c
 # in one process, 7.8 GiB with a process per stage (209 -> 229 s; the graphs written are byte for
 # byte the same), 5.1 GiB once the fusion, int8 and first-token stages stopped copying the model
 # (export/stages.py, export/simplify.py, export/narrow.py; 194 s). Stage peaks now: optimum's export
-# 5.1 GiB, fp16 5.1, first-token pass 4.9, int8 4.6, fusion 3.7.
+# 5.1 GiB, fp16 5.1, first-token pass 4.9, int8 4.6, fusion 3.7. (`python bench/export_memory.py SOURCE OUT`)
 SEPARATE_STAGES_BYTES = 256 * 2**20
 # Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 KINDS = {
