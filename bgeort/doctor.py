@@ -5,7 +5,9 @@ Every probe here only reads: nothing is installed, no environment variable is se
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
 import platform
 from pathlib import Path
@@ -60,6 +62,23 @@ def cuda_provider_problem(ort) -> str | None:
     return None
 
 
+def usable_cuda_provider(ort) -> str | None:
+    """None when onnxruntime's CUDA provider library loads, else why not.
+
+    The CUDA and cuDNN libraries may come as pip wheels (`pip install 'onnxruntime-gpu[cuda,cudnn]'`)
+    that the dynamic loader does not search; onnxruntime's `preload_dlls` loads them from there (what
+    `import torch` otherwise does as a side effect), so it is tried before giving up."""
+    problem = cuda_provider_problem(ort)
+    if problem is not None and "cannot open shared object" in problem and hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its own warnings
+            try:
+                ort.preload_dlls(cuda=True, cudnn=True)
+            except Exception:  # noqa: BLE001 - what still fails to load is reported below
+                pass
+        problem = cuda_provider_problem(ort)
+    return problem
+
+
 def report(model: str | None = None) -> list[str]:
     from .session import import_onnxruntime
 
@@ -69,12 +88,13 @@ def report(model: str | None = None) -> list[str]:
     except BgeortError as exc:
         return [f"onnxruntime: NOT USABLE: {exc}"]
     available = list(ort.get_available_providers())
-    lines.append(f"onnxruntime {ort.__version__} ({', '.join(installed_ort_distributions()) or 'not from pip'}), "
+    wheels = "; ".join(f"{name} in {', '.join(dirs)}" for name, dirs in installed_ort_distributions().items())
+    lines.append(f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent} ({wheels or 'not from pip'}), "
                  f"device build: {ort.get_device()}")
     lines.append(f"providers available: {', '.join(available)}")
     usable_cuda = False
     if CUDA in available:
-        problem = cuda_provider_problem(ort)
+        problem = usable_cuda_provider(ort)
         usable_cuda = problem is None
         lines.append(f"CUDA provider: {'loads' if usable_cuda else 'NOT USABLE: ' + problem}")
     else:

@@ -135,6 +135,8 @@ class OpenModel:
                                   RuntimeWarning, stacklevel=3)
                     continue
                 hashing.result()
+                if errors and isinstance(errors[-1], DeviceError):  # device='auto' fell back to the CPU
+                    warnings.warn(f"bgeort: running on {choice.device}: {errors[-1]}", RuntimeWarning, stacklevel=3)
                 if side_by_side is None:
                     side_by_side = variant.bytes + (variant.data_bytes or 0) <= SIDE_SESSION_MAX_BYTES
                 return cls(path, manifest, tokenizer, session, name, choice.device,

@@ -20,24 +20,27 @@ CUDA = "CUDAExecutionProvider"
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
 
-def installed_ort_distributions() -> list[str]:
-    """Which onnxruntime wheels pip has installed (both at once overwrite each other's files)."""
-    found = []
+def installed_ort_distributions() -> dict[str, list[str]]:
+    """Which onnxruntime wheels pip has installed, and in which site directories (all on sys.path)."""
+    found: dict[str, list[str]] = {}
     for name in _ORT_DISTRIBUTIONS:
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(name)
+        for dist in importlib.metadata.distributions(name=name):
+            where = os.path.realpath(str(dist.locate_file("")))
+            if where not in found.setdefault(name, []):
+                found[name].append(where)
     return found
 
 
-def check_ort_install(installed: list[str]) -> None:
-    """Raise if more than one onnxruntime wheel is installed (they overwrite each other's files)."""
-    if len(installed) > 1:
+def check_ort_install(installed: dict[str, list[str]]) -> None:
+    """Raise if onnxruntime and onnxruntime-gpu share a site directory: both write its onnxruntime/
+    package, so whichever was installed last has overwritten part of the other. In different
+    directories (a virtual environment over the system's, a --target folder first on PYTHONPATH)
+    nothing is overwritten and the first on sys.path is the one imported (`bgeort doctor` says which)."""
+    shared = sorted(set.intersection(*(set(dirs) for dirs in installed.values()))) if len(installed) > 1 else []
+    if shared:
         raise MissingDependencyError(
-            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's files, "
-            "so which one runs is undefined. Keep one: "
+            f"both onnxruntime and onnxruntime-gpu are installed in {shared[0]}; they overwrite each "
+            "other's files there, so which one runs is undefined. Keep one: "
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'bgeort[cpu]' "
             "(or 'bgeort[gpu]' for CUDA)"
         )
@@ -180,23 +183,36 @@ def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None
                  exact_int8: bool | None = None, memory_patterns: bool = False):
     """An InferenceSession for `choice`, verified to run on the device it names."""
     ort = import_onnxruntime()
+    wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
+    if wanted == CUDA:
+        from .doctor import usable_cuda_provider
+
+        problem = usable_cuda_provider(ort)
+        if problem is not None:  # onnxruntime would log it and quietly run on the CPU
+            raise DeviceError(
+                f"asked ONNX Runtime for {CUDA} on {choice.device}, but its CUDA provider cannot load: "
+                f"{problem}. Install the CUDA {_cuda_major(ort)} and cuDNN 9 libraries (or pip install "
+                f"'onnxruntime-gpu[cuda,cudnn]'), see `python -m bgeort doctor`, or use device='cpu'"
+            )
     options = session_options(ort, threads=threads, spinning=spinning, exact_int8=exact_int8,
                               cpu=choice.device == "cpu", memory_patterns=memory_patterns)
     disabled = CPU_DISABLED_FUSIONS if choice.device == "cpu" else ()
     session = ort.InferenceSession(model_path, sess_options=options, providers=choice.providers,
                                    disabled_optimizers=list(disabled))
-    wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     active = session.get_providers()
-    if not active or active[0] != wanted:
-        from .doctor import cuda_provider_problem  # only on this error path
-
-        problem = cuda_provider_problem(ort) if wanted == CUDA else None
+    if not active or active[0] != wanted:  # e.g. a provider that loads but finds no GPU
         raise DeviceError(
-            f"asked ONNX Runtime for {wanted} on {choice.device} but the session runs on {active}: "
-            f"{problem or 'the CUDA or cuDNN libraries this onnxruntime-gpu needs were not found'}. "
+            f"asked ONNX Runtime for {wanted} on {choice.device} but the session runs on {active}. "
             "See `python -m bgeort doctor` for what is missing, or use device='cpu'"
         )
     return session
+
+
+def _cuda_major(ort) -> str:
+    """The CUDA major version this onnxruntime-gpu was built for ('12', '13'), or 'x' if unrecorded."""
+    info = getattr(getattr(ort, "capi", None), "build_and_package_info", None)
+    version = getattr(info, "cuda_version", None) or ""
+    return version.split(".")[0] or "x"
 
 
 def available_providers() -> list[str]:

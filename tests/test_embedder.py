@@ -126,6 +126,21 @@ def test_explicit_cuda_without_the_provider_is_an_error(tiny_model):
         bgeort.Embedder(tiny_model, device="cuda")
 
 
+def test_cuda_provider_that_cannot_load(tiny_model, monkeypatch):
+    """onnxruntime-gpu installed, its CUDA libraries missing: an explicit 'cuda' names the missing
+    library; 'auto' runs on the CPU and says why (onnxruntime alone would only log it)."""
+    import bgeort.doctor
+
+    missing = "libcublasLt.so.13: cannot open shared object file: No such file or directory"
+    monkeypatch.setattr(bgeort.model, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(bgeort.doctor, "usable_cuda_provider", lambda ort: missing)
+    with pytest.raises(DeviceError, match="CUDA provider cannot load: libcublasLt.so.13.*onnxruntime-gpu\\[cuda,cudnn\\]"):
+        bgeort.Embedder(tiny_model, device="cuda")
+    with pytest.warns(RuntimeWarning, match="running on cpu: .*libcublasLt.so.13"):
+        model = bgeort.Embedder(tiny_model, device="auto")
+    assert (model.device, model.precision) == ("cpu", "int8")
+
+
 def test_threads_option(tiny_model):
     assert bgeort.Embedder(tiny_model, threads=1).encode(["x"]).shape == (1, 32)
     with pytest.raises(ValueError, match="threads must be a positive integer"):

@@ -1,8 +1,10 @@
+import os
+
 import pytest
 
 from bgeort.errors import DeviceError, MissingDependencyError
 from bgeort.session import (CPU, CUDA, check_ort_install, choose_providers, exact_int8_kernels_needed,
-                            parse_device, session_options)
+                            installed_ort_distributions, parse_device, session_options)
 
 WITH_CUDA = ["TensorrtExecutionProvider", CUDA, CPU]
 CPU_ONLY = ["AzureExecutionProvider", CPU]
@@ -36,11 +38,34 @@ def test_unknown_device_names(device):
         parse_device(device)
 
 
-def test_both_onnxruntime_wheels_is_an_error_with_the_fix():
-    check_ort_install(["onnxruntime"])
-    check_ort_install(["onnxruntime-gpu"])
-    with pytest.raises(MissingDependencyError, match="pip uninstall -y onnxruntime onnxruntime-gpu"):
-        check_ort_install(["onnxruntime", "onnxruntime-gpu"])
+def test_both_onnxruntime_wheels_in_one_directory_is_an_error_with_the_fix():
+    check_ort_install({"onnxruntime": ["/venv/site"]})
+    check_ort_install({"onnxruntime-gpu": ["/venv/site"]})
+    # in separate directories nothing was overwritten: the first on sys.path is imported whole
+    check_ort_install({"onnxruntime": ["/usr/lib/site"], "onnxruntime-gpu": ["/tmp/site"]})
+    with pytest.raises(MissingDependencyError, match="installed in /venv/site.*pip uninstall -y onnxruntime onnxruntime-gpu"):
+        check_ort_install({"onnxruntime": ["/usr/lib/site", "/venv/site"], "onnxruntime-gpu": ["/venv/site"]})
+
+
+def _fake_wheel(site, name, version):
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_installed_wheels_are_found_per_site_directory(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _fake_wheel(first, "onnxruntime-gpu", "1.31.1")
+    _fake_wheel(second, "onnxruntime", "1.30.0")
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))
+    found = installed_ort_distributions()
+    assert found["onnxruntime-gpu"][0] == os.path.realpath(first)
+    assert os.path.realpath(second) in found["onnxruntime"]
+    check_ort_install(found)  # the .venv's own onnxruntime, if any, is elsewhere too
+    _fake_wheel(first, "onnxruntime", "1.30.0")  # now one directory holds both: the broken mix
+    with pytest.raises(MissingDependencyError, match=str(first)):
+        check_ort_install(installed_ort_distributions())
 
 
 AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_1 avx avx2 fma f16c\n"
