@@ -50,6 +50,18 @@ def find_library(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def cuda_device_count() -> int | None:
+    """GPUs the CUDA runtime sees (after CUDA_VISIBLE_DEVICES), or None without a CUDA runtime."""
+    for name in CUDA_LIBRARIES["CUDA runtime"]:
+        try:
+            runtime = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        return count.value if runtime.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+    return None
+
+
 def cuda_provider_problem(ort) -> str | None:
     """Why the CUDA provider library cannot load (the dynamic loader names the missing file), or None."""
     library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
@@ -99,6 +111,8 @@ def report(model: str | None = None) -> list[str]:
         lines.append(f"CUDA provider: {'loads' if usable_cuda else 'NOT USABLE: ' + problem}")
     else:
         lines.append("CUDA provider: not in this build (pip uninstall -y onnxruntime && pip install 'bgeort[gpu]')")
+    gpus = cuda_device_count()
+    lines.append(f"GPUs the CUDA runtime sees: {'no CUDA runtime' if gpus is None else gpus}")
     for what, names in CUDA_LIBRARIES.items():
         found = find_library(names)
         lines.append(f"  {what:13s} {found or 'missing (' + ' or '.join(names) + ')'}")

@@ -107,21 +107,21 @@ class Embedder:
         length = self._resolve_max_length(max_length)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encoded = self._model.tokenizer.encode(items, max_length=length)
-        if encoded.truncated.any():
-            warn_truncated(encoded.truncated, length)
         pooling = self.manifest.pooling
         if self._model.output_name == POOLED_OUTPUT:  # the graph pools; its rows are the vectors
             reduce = lambda pooled, arrays: pooled  # noqa: E731
         else:
             reduce = lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling)  # noqa: E731
-        vectors = self._model.run_batches(
-            encoded,
+        vectors, truncated = self._model.encode_and_run(
+            items,
+            lambda texts: self._model.tokenizer.encode(texts, max_length=length),
             batch_size=self.batch_size if batch_size is None else positive("batch_size", batch_size),
             max_tokens=self.max_batch_tokens,
             reduce=reduce,
             width=self.dim,
         )
+        if truncated.any():
+            warn_truncated(truncated, length)
         if self.normalize_embeddings if normalize is None else normalize:
             vectors = l2_normalize(vectors)
         return vectors

@@ -7,6 +7,7 @@ and pads each batch to its own longest text.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -17,15 +18,27 @@ from tokenizers import Tokenizer
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of a list of texts (or text pairs), unpadded, with what truncation did."""
+    """Token ids of a list of texts (or text pairs), unpadded, with what truncation did.
 
-    ids: list[list[int]]
-    type_ids: list[list[int]]
+    The ids of every input lie end to end in one array (input i at starts[i] : starts[i] + lengths[i]),
+    so a batch is padded with a few numpy gathers instead of a Python loop over its rows."""
+
+    flat_ids: np.ndarray  # int64
+    flat_type_ids: np.ndarray  # int64
+    starts: np.ndarray  # int64, where each input's ids begin
     lengths: np.ndarray  # tokens per input after truncation, special tokens included
     truncated: np.ndarray  # bool per input: was the input cut to fit?
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.lengths)
+
+    @property
+    def ids(self) -> list[list[int]]:
+        return [self.flat_ids[s:s + n].tolist() for s, n in zip(self.starts, self.lengths)]
+
+    @property
+    def type_ids(self) -> list[list[int]]:
+        return [self.flat_type_ids[s:s + n].tolist() for s, n in zip(self.starts, self.lengths)]
 
 
 class TextTokenizer:
@@ -110,23 +123,30 @@ class TextTokenizer:
 
     def pad(self, encoded: Encoded, indices: np.ndarray) -> dict[str, np.ndarray]:
         """int64 arrays for the rows `indices`, padded to the longest of them."""
-        width = int(encoded.lengths[indices].max()) if len(indices) else 0
-        input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
-        type_ids = np.zeros((len(indices), width), dtype=np.int64)
-        attention_mask = np.zeros((len(indices), width), dtype=np.int64)
-        for row, index in enumerate(indices):
-            n = int(encoded.lengths[index])
-            input_ids[row, :n] = encoded.ids[index]
-            type_ids[row, :n] = encoded.type_ids[index]
-            attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": type_ids}
+        lengths = encoded.lengths[indices]
+        width = int(lengths.max()) if len(indices) else 0
+        columns = np.arange(width)
+        mask = columns < lengths[:, None]
+        positions = encoded.starts[indices][:, None] + columns
+        np.minimum(positions, max(len(encoded.flat_ids) - 1, 0), out=positions)  # the padding reads a valid index
+        if len(encoded.flat_ids) == 0:
+            return {"input_ids": np.full(mask.shape, self.pad_id, dtype=np.int64),
+                    "attention_mask": mask.astype(np.int64), "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}
+        return {"input_ids": np.where(mask, encoded.flat_ids[positions], self.pad_id),
+                "attention_mask": mask.astype(np.int64),
+                "token_type_ids": np.where(mask, encoded.flat_type_ids[positions], 0)}
 
 
 def _collect(encodings, truncated: list[bool]) -> Encoded:
-    ids = [encoding.ids for encoding in encodings]
+    lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
+    total = int(lengths.sum())
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
     return Encoded(
-        ids=ids,
-        type_ids=[encoding.type_ids for encoding in encodings],
-        lengths=np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)),
-        truncated=np.asarray(truncated, dtype=bool).reshape(len(ids)),
+        flat_ids=np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total),
+        flat_type_ids=np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64,
+                                  count=total),
+        starts=starts,
+        lengths=lengths,
+        truncated=np.asarray(truncated, dtype=bool).reshape(len(lengths)),
     )

@@ -141,6 +141,68 @@ def test_cuda_provider_that_cannot_load(tiny_model, monkeypatch):
     assert (model.device, model.precision) == ("cpu", "int8")
 
 
+def test_pipelined_tokenizing_gives_the_same_vectors_and_warnings(tiny_model, monkeypatch):
+    """The GPU path tokenizes the next slice while one runs; run here on the CPU session."""
+    long_text = " ".join(["guitar"] * 100)
+    texts = SENTENCES * 3 + [long_text] + SENTENCES
+    plain = bgeort.Embedder(tiny_model, precision="fp32")
+    with pytest.warns(TruncationWarning, match=r"1 of 25 inputs .*indices 18\)"):
+        expected = plain.encode(texts)
+    pipelined = bgeort.Embedder(tiny_model, precision="fp32")
+    pipelined._model.pipelined = True
+    monkeypatch.setattr(bgeort.model, "PIPELINE_TEXTS", 4)  # 7 slices, the last one short
+    slices = []
+    encode = pipelined._model.tokenizer.encode
+    monkeypatch.setattr(pipelined._model.tokenizer, "encode", lambda texts, **kw: slices.append(len(texts)) or encode(texts, **kw))
+    with pytest.warns(TruncationWarning, match=r"1 of 25 inputs .*indices 18\)"):
+        vectors = pipelined.encode(texts)
+    assert slices == [4, 4, 4, 4, 4, 4, 1]
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession: records the providers it was given."""
+
+    opened: list = []
+    runs_on: list | None = None
+
+    def __init__(self, path, sess_options=None, providers=None, disabled_optimizers=None):
+        self.providers = providers
+        _FakeSession.opened.append(providers)
+
+    def get_providers(self):
+        return _FakeSession.runs_on or [name for name, _ in self.providers]
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": name}) for name in ("input_ids", "attention_mask", "token_type_ids")]
+
+
+def test_cuda_sessions_keep_fp32_out_of_tf32_and_name_a_missing_gpu(tiny_model, monkeypatch):
+    import onnxruntime
+
+    import bgeort.doctor
+    import bgeort.session
+
+    fake_ort = type("FakeOrt", (), {name: getattr(onnxruntime, name) for name in ("SessionOptions", "ExecutionMode",
+                                                                                  "GraphOptimizationLevel")})
+    fake_ort.InferenceSession = _FakeSession
+    monkeypatch.setattr(bgeort.session, "import_onnxruntime", lambda: fake_ort)
+    monkeypatch.setattr(bgeort.model, "import_onnxruntime", lambda: fake_ort)
+    monkeypatch.setattr(bgeort.model, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(bgeort.doctor, "usable_cuda_provider", lambda ort: None)
+    _FakeSession.opened.clear()
+    assert bgeort.Embedder(tiny_model, device="cuda:0").precision == "fp16"
+    assert bgeort.Embedder(tiny_model, device="cuda:0", precision="fp32").precision == "fp32"
+    assert _FakeSession.opened == [
+        [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": "1"}), ("CPUExecutionProvider", {})],
+        [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": "0"}), ("CPUExecutionProvider", {})]]
+    # onnxruntime runs on the CPU when the GPU index does not exist: an error naming the GPUs there are
+    monkeypatch.setattr(_FakeSession, "runs_on", ["CPUExecutionProvider"])
+    monkeypatch.setattr(bgeort.doctor, "cuda_device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=r"cuda:3 .*CUDA sees 2 GPUs \(cuda:0 to cuda:1"):
+        bgeort.Embedder(tiny_model, device="cuda:3")
+
+
 def test_threads_option(tiny_model):
     assert bgeort.Embedder(tiny_model, threads=1).encode(["x"]).shape == (1, 32)
     with pytest.raises(ValueError, match="threads must be a positive integer"):

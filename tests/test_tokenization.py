@@ -58,6 +58,20 @@ def test_pad_builds_int64_arrays_for_a_batch(tmp_path):
     assert arrays["token_type_ids"].sum() == 0
 
 
+def test_pad_gathers_each_row_from_the_flat_ids(tmp_path):
+    """Rows of any lengths, in any order, some repeated: each padded row is the text's own ids."""
+    tokenizer = TextTokenizer(make_tokenizer_file(tmp_path), max_length=16)
+    texts = ["hello", "", "the cat sat on the mat", "a dog", "the man is playing guitar"]
+    encoded = tokenizer.encode(texts)
+    rows = np.array([4, 1, 2, 2, 0])
+    arrays = tokenizer.pad(encoded, rows)
+    for row, index in enumerate(rows):
+        ids = tokenizer.encode([texts[index]]).ids[0]
+        assert arrays["input_ids"][row].tolist() == ids + [tokenizer.pad_id] * (arrays["input_ids"].shape[1] - len(ids))
+        assert arrays["attention_mask"][row].sum() == len(ids)
+    assert tokenizer.pad(encoded, np.array([], dtype=np.int64))["input_ids"].shape == (0, 0)
+
+
 def test_pair_encoding_has_segment_ids(tmp_path):
     tokenizer = TextTokenizer(make_tokenizer_file(tmp_path), max_length=16)
     encoded = tokenizer.encode([("the cat", "a dog")])
