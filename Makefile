@@ -8,7 +8,7 @@ NAME ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup export demo test bench bench-rerank clean
+.PHONY: help setup export demo test bench bench-rerank gpu-payload clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fast
 
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~10 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)
+
+gpu-payload: setup  ## what bench/gpu.py runs on a lent GPU: exports, PyTorch references, onnxruntime-gpu, in 60 MiB parts -> .gpu-parts/
+	bash ../shared/gpu/prepare-ort-gpu.sh
+	$(PY) bench/gpu.py prepare --payload /tmp/bgeort-gpu-payload
+	$(PY) bench/gpu.py pack --payload /tmp/bgeort-gpu-payload --wheel $$(ls /tmp/ort-gpu-wheel/*.whl)
 
 clean:  ## remove the virtual environment and exported models
 	rm -rf $(VENV) $(filter-out $(OUT)/README.md,$(wildcard $(OUT)/*))

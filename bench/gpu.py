@@ -1,16 +1,26 @@
 """GPU check and benchmark (issue 6): bgeort fp16 on ONNX Runtime's CUDA provider vs PyTorch fp16.
 
-The GPU machine has no optimum and cannot reach ../shared, so the work is split in two:
+The GPU machine has no optimum and cannot reach ../shared, so the work is split in two. Here:
 
-    python bench/gpu.py prepare --payload /tmp/gpu-payload      # here: exports, PyTorch fp32 references
-    python bench/gpu.py pack --payload /tmp/gpu-payload --parts .gpu-parts   # tar in 60 MiB parts
-    python bench/gpu.py run --payload P --out "$OUT"            # on the GPU machine (onnxruntime-gpu)
+    bash ../shared/gpu/prepare-ort-gpu.sh                       # onnxruntime-gpu 1.31.1 (CUDA 13) wheel
+    make gpu-payload                                            # = prepare + pack below (~2 min)
+    python bench/gpu.py prepare --payload /tmp/bgeort-gpu-payload   # exports, PyTorch fp32 references
+    python bench/gpu.py pack --payload /tmp/bgeort-gpu-payload --wheel /tmp/ort-gpu-wheel/*.whl
+                                                                # 374 MiB in 7 parts of 60 MiB: .gpu-parts/pN/
+
+then on the GPU machine (the device tool), one call per part, `carry: [".gpu-parts/pN"]`, each
+`mkdir -p /tmp/w && cp .gpu-parts/pN/* /tmp/w/` (~5 s each while the machine stays warm), and with the
+last part:
+
+    cat /tmp/w/payload.tar.* | tar -x -C /tmp && python3 -m pip install -q --no-index --no-deps \
+      --target /tmp/site /tmp/payload/wheel/*.whl && export PYTHONPATH=/tmp/site:$PWD && \
+      python3 bench/gpu.py run --payload /tmp/payload --out $OUT --rounds 5     # ~150 s
 
 `prepare` exports a bge-small-shaped BERT with random weights (seeded), the real all-MiniLM-L6-v2 and
 a small XLM-RoBERTa reranker, keeps their fp16 graphs (and the reranker's fp32), and computes the
 PyTorch fp32 reference on this CPU: vectors for probe texts, MiniLM's STS-B test vectors and
-Spearman, the reranker's logits. It also stores the corpora: STS-B sentences (short, ~13 tokens),
-SciFact abstracts (RAG chunks, ~340 tokens) and texts past 512 tokens.
+Spearman, the reranker's logits. It also stores the corpora: STS-B sentences (short, ~15 tokens),
+SciFact abstracts (RAG chunks, ~325 tokens) and texts past 512 tokens.
 
 `run`, on the GPU:
   1. in a fresh process that never imports torch (which would load the CUDA libraries for
@@ -18,11 +28,12 @@ SciFact abstracts (RAG chunks, ~340 tokens) and texts past 512 tokens.
      fp16-on-CUDA parity against the PyTorch fp32 references (cosine >= 0.999, MiniLM STS-B within
      0.2 points of fp32), the reranker on CUDA;
   2. times bgeort CUDA fp16 against PyTorch fp16 (SDPA attention, the same architecture, CLS
-     pooling, FlagEmbedding's loop: length-sorted batches of 256) on the same texts, interleaved
-     rounds, medians; a few batch settings of each; the time bgeort spends tokenizing and inside
-     onnxruntime; and fixed-shape runs of the bare graph;
+     pooling, FlagEmbedding's loop: length-sorted batches of 256, and of 1,024) on the same texts,
+     interleaved rounds after a warm-up pass, medians; bgeort's default, without its pipelining and
+     with 256-text batches; the time bgeort spends tokenizing and inside onnxruntime; and fixed-shape
+     runs of the bare graph;
 and writes gpu.json and gpu.md under --out. Measures only; never asserts.
-`run --device cpu --quick` is the dry run on a CPU (no timing meaning).
+`run --device cpu --quick` is the dry run on a CPU (no timing meaning, ~3 min).
 """
 
 from __future__ import annotations
@@ -141,8 +152,14 @@ def _stsb_train_and_test() -> list[str]:
     return texts
 
 
-def pack(payload: Path, parts: Path) -> None:
-    """The payload as one tar split into PART_BYTES parts, each in parts/pN/ (one carried per call)."""
+def pack(payload: Path, parts: Path, wheels: list[Path]) -> None:
+    """The payload (and the onnxruntime-gpu wheel, under payload/wheel/) as one tar split into
+    PART_BYTES parts, each in parts/pN/ (one carried per call)."""
+    if wheels:
+        shutil.rmtree(payload / "wheel", ignore_errors=True)
+        (payload / "wheel").mkdir()
+        for wheel in wheels:
+            shutil.copy2(wheel, payload / "wheel" / wheel.name)
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     blob = parts / "payload.tar"
@@ -462,6 +479,7 @@ def main(argv=None) -> int:
     parser.add_argument("step", choices=("prepare", "pack", "check", "run"))
     parser.add_argument("--payload", type=Path, default=Path("/tmp/bgeort-gpu-payload"))
     parser.add_argument("--parts", type=Path, default=ROOT / ".gpu-parts")
+    parser.add_argument("--wheel", type=Path, action="append", default=[], help="pack: a wheel to carry (onnxruntime-gpu)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rounds", type=int, default=5)
@@ -471,7 +489,7 @@ def main(argv=None) -> int:
     if args.step == "prepare":
         prepare(args.payload, args.quick)
     elif args.step == "pack":
-        pack(args.payload, args.parts)
+        pack(args.payload, args.parts, args.wheel)
     elif args.step == "check":
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "check.json").write_text(json.dumps(check(args.payload, args.device), indent=1))
