@@ -37,7 +37,8 @@ SIDE_SESSION_MAX_BYTES = 64 * 2**20
 # On a GPU the host's tokenizing is most of the time and the GPU waits for it: bge-small shape fp16,
 # H200, 16 cores: 23k STS-B sentences 0.67 s, of which 0.16 tokenizing and 0.17 inside onnxruntime;
 # 2,048 texts past 512 tokens 1.17 s, 0.90 and 0.21. There, texts go this many at a time and the next
-# slice is tokenized while the GPU runs this one (tokenizers and onnxruntime both release the GIL).
+# slice is tokenized while the GPU runs this one (tokenizers and onnxruntime both release the GIL):
+# sentences +7%, SciFact chunks +14%, long texts +1% (bench/results/gpu.md, "not pipelined" column).
 PIPELINE_TEXTS = 2048
 
 

@@ -129,9 +129,6 @@ class TextTokenizer:
         mask = columns < lengths[:, None]
         positions = encoded.starts[indices][:, None] + columns
         np.minimum(positions, max(len(encoded.flat_ids) - 1, 0), out=positions)  # the padding reads a valid index
-        if len(encoded.flat_ids) == 0:
-            return {"input_ids": np.full(mask.shape, self.pad_id, dtype=np.int64),
-                    "attention_mask": mask.astype(np.int64), "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}
         return {"input_ids": np.where(mask, encoded.flat_ids[positions], self.pad_id),
                 "attention_mask": mask.astype(np.int64),
                 "token_type_ids": np.where(mask, encoded.flat_type_ids[positions], 0)}
