@@ -77,3 +77,61 @@ def test_pair_encoding_has_segment_ids(tmp_path):
     encoded = tokenizer.encode([("the cat", "a dog")])
     assert encoded.type_ids[0] == [0, 0, 0, 0, 1, 1, 1]
     assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
+
+
+def _random_long_texts(words, n, seed=0):
+    """Texts far past the limit with the awkward parts: runs of spaces, newlines, tabs, punctuation,
+    accents, CJK, a control character, one long unbroken run, and some that stay short."""
+    rng = np.random.default_rng(seed)
+    extras = ["  ", "\n", "\t", " ,", ".", "Café", "naïve", "日本語", "\x1c", "don't", "x" * 300, "!?"]
+    texts = []
+    for _ in range(n):
+        pieces = rng.choice(words + extras, size=int(rng.integers(5, 400)))
+        texts.append(" ".join(pieces) if rng.random() < 0.7 else "".join(pieces))
+    return texts
+
+
+def _same_encoding(tokenizer, texts, length):
+    fast = tokenizer.encode(texts, max_length=length)
+    tokenizer._prefixes = False  # every text read whole
+    whole = tokenizer.encode(texts, max_length=length)
+    tokenizer._prefixes = True
+    np.testing.assert_array_equal(fast.flat_ids, whole.flat_ids)
+    np.testing.assert_array_equal(fast.flat_type_ids, whole.flat_type_ids)
+    np.testing.assert_array_equal(fast.lengths, whole.lengths)
+    np.testing.assert_array_equal(fast.truncated, whole.truncated)
+    return fast
+
+
+def test_texts_far_past_the_limit_are_tokenized_from_a_prefix_with_the_same_result(tmp_path, monkeypatch):
+    import bgeort.tokenization as module
+    from tests.conftest import MINILM, UNIGRAM_PIECES, build_unigram_tokenizer
+
+    wordpiece = TextTokenizer(make_tokenizer_file(tmp_path), max_length=16)
+    unigram_file = tmp_path / "unigram.json"
+    build_unigram_tokenizer()[0].save(str(unigram_file))
+    unigram = TextTokenizer(unigram_file, max_length=16)
+    assert wordpiece._prefixes and unigram._prefixes
+    read = []
+    original = module._prefix
+    monkeypatch.setattr(module, "_prefix", lambda text, limit: read.append(text) or original(text, limit))
+    for tokenizer, words in ((wordpiece, TINY_VOCAB[5:]), (unigram, list(UNIGRAM_PIECES))):
+        for length in (5, 16):
+            encoded = _same_encoding(tokenizer, _random_long_texts(words, 300, seed=length), length)
+            assert encoded.truncated.sum() > 100
+    assert len(read) > 500  # the prefix path did run
+    if MINILM.is_dir():  # the real uncased WordPiece vocabulary
+        real = TextTokenizer(MINILM / "tokenizer.json", max_length=512)
+        vocab = [w for w in json.loads((MINILM / "tokenizer.json").read_text())["model"]["vocab"] if w.isalpha()][:5000]
+        _same_encoding(real, _random_long_texts(vocab, 200, seed=1), 512)
+        _same_encoding(real, _random_long_texts(vocab, 200, seed=2), 64)
+
+
+def test_a_tokenizer_that_does_not_split_at_whitespace_reads_texts_whole(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    assert not TextTokenizer(path, max_length=8)._prefixes
