@@ -95,23 +95,26 @@ class Reranker:
         if length > self.max_length:
             raise ValueError(f"max_length={length} is more than this model's {self.max_length} tokens; "
                              "pass a value up to that, or None")
-        queries = [query for query, _ in pairs]
-        passages = [passage for _, passage in pairs]
-        encoded, owners = self._model.tokenizer.encode_pairs(queries, passages, max_length=length,
-                                                             windows=sliding_window)
+        size = self.batch_size if batch_size is None else positive("batch_size", batch_size)
+        run = dict(batch_size=size, max_tokens=self.max_batch_tokens, reduce=lambda output, arrays: output[:, :1],
+                   width=1)
+        tokenizer = self._model.tokenizer
+        if not sliding_window:  # one row per pair: tokenized slice by slice on a GPU (OpenModel.encode_and_run)
+            logits, truncated = self._model.encode_and_run(
+                pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
+                                                           max_length=length)[0], **run)
+            if truncated.any():
+                warn_truncated(truncated, length)
+            return sigmoid(logits[:, 0]) if normalize else logits[:, 0]
+        encoded, owners = tokenizer.encode_pairs([q for q, _ in pairs], [p for _, p in pairs], max_length=length,
+                                                 windows=True)
         if encoded.truncated.any():
             per_pair = np.zeros(len(pairs), dtype=bool)
             np.logical_or.at(per_pair, owners, encoded.truncated)
             warn_truncated(per_pair, length)
-        logits = self._model.run_batches(
-            encoded,
-            batch_size=self.batch_size if batch_size is None else positive("batch_size", batch_size),
-            max_tokens=self.max_batch_tokens,
-            reduce=lambda output, arrays: output[:, :1],
-            width=1,
-        )[:, 0]
+        logits = self._model.run_batches(encoded, **run)[:, 0]
         scores = np.full(len(pairs), -np.inf, dtype=np.float32)
-        np.maximum.at(scores, owners, logits)  # one row per pair, or the best of its windows
+        np.maximum.at(scores, owners, logits)  # the best of each pair's windows
         return sigmoid(scores) if normalize else scores
 
 

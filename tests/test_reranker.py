@@ -122,6 +122,22 @@ def test_sliding_window_scores_the_best_window(bert_reranker):
     assert np.isfinite(tail)
 
 
+def test_pipelined_tokenizing_gives_the_same_scores_and_warnings(bert_reranker, monkeypatch):
+    """The GPU path tokenizes the next slice of pairs while one runs; run here on the CPU session."""
+    long_pair = ("what is panda?", " ".join(["cat on the dog"] * 60))
+    pairs = PAIRS * 2 + [long_pair] + PAIRS
+    plain = bgeort.Reranker(bert_reranker, precision="fp32")
+    with pytest.warns(TruncationWarning, match=r"1 of 19 inputs .*indices 12\)"):
+        expected = plain.compute_score(pairs, normalize=True)
+    pipelined = bgeort.Reranker(bert_reranker, precision="fp32")
+    pipelined._model.pipelined = True
+    monkeypatch.setattr(bgeort.model, "PIPELINE_TEXTS", 5)
+    with pytest.warns(TruncationWarning, match=r"1 of 19 inputs .*indices 12\)"):
+        scores = pipelined.compute_score(pairs, normalize=True)
+    assert scores.shape == (19,) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "pairs, message",
     [
