@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="7 (default): exact with the fast int8 kernels on every x86 CPU; 8: closer to fp32 "
                              "(all-MiniLM-L6-v2 STS-B cosine to fp32 0.9992 vs 0.9984), but x86 CPUs without "
                              "VNNI (AVX2-only) then run onnxruntime's slower exact int8 kernels")
-    parser.add_argument("--int8-activations", choices=["token", "static"], default="token",
+    parser.add_argument("--int8-activations", choices=["token", "layernorm-static", "static"], default="token",
                         help="token (default): a scale per token computed at run time, batch-independent and "
                              "robust to any text; static: one calibrated scale per tensor, fewer operators "
                              "(faster, see export/int8.py) but further from fp32, and values past the "
-                             "calibrated range saturate")
+                             "calibrated range saturate; layernorm-static: static for LayerNorm outputs only "
+                             "(the Q/K/V and FFN inputs), per token for the rest: in between")
     args = parser.parse_args(argv)
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     unknown = set(precisions) - {"fp32", "int8", "fp16"}

@@ -305,3 +305,37 @@ def test_static_activations_use_one_calibrated_scale_and_no_run_time_scaling(tmp
                       ranges={"x": ranges["x"]}, activations="static")
     with pytest.raises(ExportError, match="int8 activations must be one of"):
         quantize_int8(plain, tmp_path / "bad.onnx", num_layers=1, matmuls_per_layer=2, activations="tensor")
+
+
+def test_layernorm_static_activations_are_static_only_where_a_layernorm_feeds_the_matmul(tmp_path):
+    """'layernorm-static': a LayerNorm output (a stable range) gets one calibrated scale; any other
+    input keeps its scale per token, computed at run time."""
+    rng = np.random.default_rng(11)
+    inits = {"gamma": rng.uniform(0.5, 2, K).astype(np.float32), "beta": rng.normal(0, 0.1, K).astype(np.float32),
+             "w1": rng.normal(0, 0.2, (K, F)).astype(np.float32), "w2": rng.normal(0, 0.2, (F, N)).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1, name="/ln"),
+             helper.make_node("MatMul", ["ln", "w1"], ["a"], name=f"{SCOPE}/attention/self/query/MatMul"),
+             helper.make_node("Tanh", ["a"], ["t"], name="/tanh"),
+             helper.make_node("MatMul", ["t", "w2"], ["y"], name=f"{SCOPE}/output/dense/MatMul")]
+    plain = save(tmp_path / "plain.onnx", nodes, inits,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])])
+
+    def reference(x):
+        x = x.astype(np.float64)
+        ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * inits["gamma"] + inits["beta"]
+        return ln, np.tanh(ln @ inits["w1"]) @ inits["w2"]
+
+    calibration = rng.normal(0, 1, (4, 8, K)).astype(np.float32)
+    ranges = {"ln": np.abs(reference(calibration)[0]).reshape(-1, K).max(0)}
+    int8 = tmp_path / "int8.onnx"
+    counts = quantize_int8(plain, int8, num_layers=1, keep_layers=(), matmuls_per_layer=2, ranges=ranges,
+                           activations="layernorm-static")
+    assert "LayerNorm outputs" in counts["activations"]
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("ReduceMax") == 1 and ops.count("Reciprocal") == 1
+    x = rows_of_every_scale(rng)[:, :, :K]
+    x[2, 1] /= 300.0  # LayerNorm takes any row's scale out; keep the rows inside the calibrated range
+    ours = run(int8, x=x)
+    assert relative_error(ours, reference(x)[1]).max() < 0.05
+    np.testing.assert_allclose(run(int8, x=x[1:2]), ours[1:2], rtol=1e-5, atol=1e-6)
