@@ -5,6 +5,7 @@ For each model key there is one folder with:
               onnx/model.onnx and sentence-transformers' own int8 export, made by sentence-transformers
   bgeort/     the bgeort export of src (python -m export)
   bgeort-static/  the same with --int8-activations static (int8 only)
+  bgeort-lnstatic/  the same with --int8-activations layernorm-static (int8 only)
   fastembed/  the plain fp32 graph bgeort's CPU fp32 variant is made from (before pooling and the
               first-token last layer) with the source's tokenizer files, for fastembed
 
@@ -167,6 +168,9 @@ def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     print(f"[make_models] {key}: bgeort export, static int8 activations", file=sys.stderr, flush=True)
     export_bgeort(pristine, base / "bgeort-static", "bge-small-en-v1.5" if key == "bge-small" else None,
                   "--precisions", "int8", "--int8-activations", "static")
+    print(f"[make_models] {key}: bgeort export, layernorm-static int8 activations", file=sys.stderr, flush=True)
+    export_bgeort(pristine, base / "bgeort-lnstatic", "bge-small-en-v1.5" if key == "bge-small" else None,
+                  "--precisions", "int8", "--int8-activations", "layernorm-static")
     write_fastembed_folder(pristine, base / "fastembed")
     print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
           flush=True)

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-int8-static": "int8", "bgeort-fp32": "fp32",
-                     "bgeort-fp32-unfused": "fp32-unfused"}
+BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-int8-lnstatic": "int8", "bgeort-int8-static": "int8",
+                     "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused"}
 # the folder each bgeort peer opens under a model's bench folder
-BGEORT_FOLDERS = {"bgeort-int8-static": "bgeort-static"}
+BGEORT_FOLDERS = {"bgeort-int8-static": "bgeort-static", "bgeort-int8-lnstatic": "bgeort-lnstatic"}
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
 DESCRIPTIONS = {
     "bgeort-int8": "bgeort, int8 (7-bit per-channel weights, per-token uint8 activations, smoothed LayerNorm outputs)",
+    "bgeort-int8-lnstatic": "bgeort, int8 exported with --int8-activations layernorm-static (calibrated scales "
+                            "for LayerNorm outputs, per token for the rest)",
     "bgeort-int8-static": "bgeort, int8 exported with --int8-activations static (one calibrated scale per tensor)",
     "bgeort-fp32": "bgeort, precision='fp32' (on CPU: the plain exporter graph, faster there than the fused one)",
     "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph (what precision='fp32' runs on CPU)",
