@@ -119,8 +119,9 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
 
     `ranges` (from `activation_ranges`) maps a MatMul input to its per-channel max |x|; the
     LayerNorm outputs among them are smoothed. Without it nothing is smoothed (still correct, less
-    accurate). `activations` is "token" (a scale per token, computed at run time) or "static" (one
-    scale per tensor, from `ranges`, which must then hold every quantized input).
+    accurate). `activations` is "token" (a scale per token, computed at run time), "static" (one
+    scale per tensor, from `ranges`, which must then hold every quantized input) or
+    "layernorm-static" (static where `ranges` holds a LayerNorm output, per token elsewhere).
     `weight_bits` is 7 (exact with the fast kernels on every x86 CPU) or 8 (closer to fp32; x86
     CPUs without VNNI then need onnxruntime's slower exact kernels, which bgeort asks for).
 
