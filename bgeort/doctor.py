@@ -52,14 +52,11 @@ def find_library(names: tuple[str, ...]) -> str | None:
 
 def cuda_device_count() -> int | None:
     """GPUs the CUDA runtime sees (after CUDA_VISIBLE_DEVICES), or None without a CUDA runtime."""
-    for name in CUDA_LIBRARIES["CUDA runtime"]:
-        try:
-            runtime = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        return count.value if runtime.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
-    return None
+    name = find_library(CUDA_LIBRARIES["CUDA runtime"])
+    if name is None:
+        return None
+    count = ctypes.c_int(0)
+    return count.value if ctypes.CDLL(name).cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
 
 
 def cuda_provider_problem(ort) -> str | None:
