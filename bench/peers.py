@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-int8-lnstatic": "int8", "bgeort-int8-static": "int8",
-                     "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused"}
+                     "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused", "bgeort-fp16": "fp16"}
 # the folder each bgeort peer opens under a model's bench folder
 BGEORT_FOLDERS = {"bgeort-int8-static": "bgeort-static", "bgeort-int8-lnstatic": "bgeort-lnstatic"}
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "bgeort-int8-static": "bgeort, int8 exported with --int8-activations static (one calibrated scale per tensor)",
     "bgeort-fp32": "bgeort, precision='fp32' (on CPU: the plain exporter graph, faster there than the fused one)",
     "bgeort-fp32-unfused": "bgeort, fp32 plain exporter graph (what precision='fp32' runs on CPU)",
+    "bgeort-fp16": "bgeort, precision='fp16' on the CPU (the graph made for CUDA; onnxruntime's CPU provider "
+                   "runs it too)",
     "st-torch": "sentence-transformers, PyTorch fp32",
     "st-onnx": "sentence-transformers, ONNX backend fp32 (onnx/model.onnx)",
     "st-onnx-int8": "sentence-transformers, ONNX backend, its own dynamic int8 export",
