@@ -36,7 +36,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,export,test,bench]' torch==2.13.0
 	touch $@
 
-bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~20 min; BENCH_ARGS=--quick for a smoke run)
+bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~30 min; BENCH_ARGS=--quick for a smoke run)
 	$(PY) bench/cpu.py $(BENCH_ARGS)
 
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~10 min)

@@ -34,6 +34,11 @@ SIDE_BY_SIDE_TOKENS = 1024
 # alone 16.4 and 135 MB; fp32 (133 MB) 10.8 and 547 MB against 9.2 and 223 MB (past the model +
 # 300 MB bgeort keeps to). `side_by_side=True` opens it for any graph, False never.
 SIDE_SESSION_MAX_BYTES = 64 * 2**20
+# What a session holds per byte of graph file, where that is not ~1: onnxruntime's CPU provider
+# runs an fp16 graph in float32 and keeps the weights in both types. bge-small shape, one session
+# after a run: fp16 graph (66 MB) +207 MB, fp32 graph (133 MB) +159 MB. Counted as 3x, the fp16
+# graph gets no side session by default (with one, 2 threads over SciFact chunks peaked at 527 MB).
+CPU_RESIDENT_FACTOR = {"fp16": 3}
 # On a GPU the host's tokenizing is most of the time and the GPU waits for it: bge-small shape fp16,
 # H200, 16 cores: 23k STS-B sentences 0.67 s, of which 0.16 tokenizing and 0.17 inside onnxruntime;
 # 2,048 texts past 512 tokens 1.17 s, 0.90 and 0.21. There, texts go this many at a time and the next
@@ -145,7 +150,7 @@ class OpenModel:
                 if errors and isinstance(errors[-1], DeviceError):  # device='auto' fell back to the CPU
                     warnings.warn(f"bgeort: running on {choice.device}: {errors[-1]}", RuntimeWarning, stacklevel=3)
                 if side_by_side is None:
-                    side_by_side = variant.bytes + (variant.data_bytes or 0) <= SIDE_SESSION_MAX_BYTES
+                    side_by_side = resident_bytes(variant, name, choice.device) <= SIDE_SESSION_MAX_BYTES
                 return cls(path, manifest, tokenizer, session, name, choice.device,
                            _model_inputs(session, manifest), variant.output or manifest.output,
                            threads=default_threads() if threads is None else threads, file=file, choice=choice,
@@ -277,6 +282,12 @@ def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) ->
     binding.bind_output(output, kind, int(index or 0))
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
+
+
+def resident_bytes(variant, name: str, device: str) -> int:
+    """About how much memory a session of `variant` (precision `name`) holds on `device`."""
+    factor = CPU_RESIDENT_FACTOR.get(name, 1) if device == "cpu" else 1
+    return factor * (variant.bytes + (variant.data_bytes or 0))
 
 
 def _needs_exact_kernels(variant) -> bool | None:

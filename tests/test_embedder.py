@@ -243,6 +243,20 @@ def test_the_side_session_opens_only_for_small_graphs_unless_asked(tiny_model, m
         bgeort.Embedder(tiny_model, side_by_side="yes")
 
 
+def test_an_fp16_graph_on_the_cpu_counts_as_its_float32_weights_for_the_side_session(tiny_model, monkeypatch):
+    """onnxruntime's CPU provider holds an fp16 graph's weights in float32 as well (bge-small: +207
+    MB for a 66 MB graph), so the side session's size rule counts such a graph 3x; on CUDA 1x."""
+    fp16 = bgeort.Embedder(tiny_model, precision="fp16", device="cpu", threads=1)
+    variant = fp16.manifest.variants["fp16"]
+    size = variant.bytes + (variant.data_bytes or 0)
+    assert bgeort.model.resident_bytes(variant, "fp16", "cpu") == 3 * size
+    assert bgeort.model.resident_bytes(variant, "fp16", "cuda:0") == size
+    monkeypatch.setattr(bgeort.model, "SIDE_SESSION_MAX_BYTES", 2 * size)  # the file fits, its session not
+    assert not bgeort.Embedder(tiny_model, precision="fp16", device="cpu", threads=2)._model.side_by_side
+    int8 = bgeort.Embedder(tiny_model, precision="int8", device="cpu", threads=2)
+    assert int8.manifest.variants["int8"].bytes <= 2 * size and int8._model.side_by_side
+
+
 def test_the_side_by_side_session_keeps_the_spinning_choice(tiny_model):
     texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
     quiet = bgeort.Embedder(tiny_model, threads=2, spinning=False)
