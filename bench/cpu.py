@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from corpora import SIZES, build_corpora  # noqa: E402
 from environment import describe_environment  # noqa: E402
 from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
-from peers import DESCRIPTIONS, PEERS  # noqa: E402
+from peers import BGEORT_SHIPPED, DESCRIPTIONS, PEERS  # noqa: E402
 from report import summarize, write_chart, write_markdown  # noqa: E402
 
 DEFAULT_PEERS = tuple(p for p in PEERS if p != "bgeort-fp32-unfused")  # the unfused graph is optional
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     gemm = {t: measure_gemm(t, 0.5 if args.quick else 2.0) for t in args.thread_counts}
     runs = {t: throughput(args.peer_list, t, args, corpora_file, corpora) for t in args.thread_counts}
     top = max(args.thread_counts)
-    rss = {p: rss_passes(p, top, args, corpora_file) for p in ("bgeort-int8", "bgeort-fp32") if p in args.peer_list}
+    rss = {p: rss_passes(p, top, args, corpora_file) for p in BGEORT_SHIPPED if p in args.peer_list}
     scores = {} if args.skip_quality else quality(args.peer_list, top, args, corpora_file)
     raw = {
         "command": " ".join(["python", "bench/cpu.py", *(sys.argv[1:] if argv is None else argv)]),

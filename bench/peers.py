@@ -17,6 +17,8 @@ BGEORT_PRECISIONS = {"bgeort-int8": "int8", "bgeort-int8-lnstatic": "int8", "bge
                      "bgeort-fp32": "fp32", "bgeort-fp32-unfused": "fp32-unfused", "bgeort-fp16": "fp16"}
 # the folder each bgeort peer opens under a model's bench folder
 BGEORT_FOLDERS = {"bgeort-int8-static": "bgeort-static", "bgeort-int8-lnstatic": "bgeort-lnstatic"}
+# the default export's precisions, one peer each: memory and open time are checked for each of these
+BGEORT_SHIPPED = ("bgeort-int8", "bgeort-fp32", "bgeort-fp16")
 PEERS = (*BGEORT_PRECISIONS, "st-torch", "st-onnx", "st-onnx-int8", "fastembed", "optimum")
 DESCRIPTIONS = {
     "bgeort-int8": "bgeort, int8 (7-bit per-channel weights, per-token uint8 activations, smoothed LayerNorm outputs)",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peers import BGEORT_SHIPPED
+
 # bge-small-en-v1.5: 12 layers, hidden 384, FFN 1536. Multiply-adds count 2 FLOPs.
 LAYERS, HIDDEN, FFN = 12, 384, 1536
 GEMM_FLOPS_PER_TOKEN = 2 * LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN)  # 42.5 M
@@ -132,7 +134,7 @@ def targets(per_threads: dict, raw: dict, quality: dict, best: str) -> list[dict
                     "and peak <= model + 300 MB", "want": f"growth <= 16 MB, peak <= {data['limit_mb']:.0f} MB",
                     "measured": f"growth {data['growth_after_first_pass_mb']:.0f} MB, peak {data['peak_rss_mb']:.0f} MB",
                     "met": flat and data["peak_rss_mb"] <= data["limit_mb"]})
-    for peer in ("bgeort-int8", "bgeort-fp32"):
+    for peer in BGEORT_SHIPPED:
         row = rows.get(peer)
         if row:
             added = row["library_import_s"] + row["open_s"]
