@@ -43,8 +43,8 @@ class Variant:
     # int8 only: the weights' width. 8-bit weights need exact kernels on x86 CPUs without VNNI
     # (bgeort/session.py); 7-bit ones (the default export) do not.
     weight_bits: int | None = None
-    # A graph past protobuf's 2 GiB (bge-reranker-large and -v2-m3 in fp32) keeps its weights in one
-    # data file beside it (ONNX external data, named inside the graph), hashed and checked as `file` is.
+    # A graph with more than 16 MiB of weights keeps them in one data file beside it (ONNX external
+    # data, named inside the graph; export/graphfile.py), hashed and checked as `file` is.
     data_file: str | None = None
     data_sha256: str | None = None
     data_bytes: int | None = None

@@ -75,6 +75,17 @@ def test_manifest_resolves_the_source_conflicts(minilm_model):
     assert found["tokenizer_config.json model_max_length"] == 512
 
 
+def test_real_sized_graphs_keep_their_weights_in_a_data_file(minilm_model):
+    """Every variant of a real model (all past 16 MiB of weights) is a graph plus one data file that
+    onnxruntime memory-maps, both hashed in the manifest; the graph file itself holds no weights."""
+    manifest = bgeort.load_manifest(minilm_model)
+    for name, variant in manifest.variants.items():
+        data = minilm_model / variant.data_file
+        assert variant.data_file == variant.file + ".data" and data.stat().st_size == variant.data_bytes, name
+        assert variant.data_bytes > 16 * 2**20 > 100 * variant.bytes, name
+        assert bgeort.manifest.sha256_file(data) == variant.data_sha256, name
+
+
 def test_fp32_matches_pytorch_on_real_sentences_and_long_abstracts(minilm_model):
     s1, _, _ = stsb_test()
     texts = s1[:200] + scifact_abstracts(40)  # abstracts run past 128 and often past 256 tokens
