@@ -151,7 +151,7 @@ def _open_fastembed(folder: Path, threads: int, max_length: int, pooling: str):
 
     info = {"batch_size": 256, "truncation_as_loaded": as_loaded, "max_length": max_length,
             "file": "optimum's plain graph, shapes folded (bgeort's CPU fp32 graph before pooling and narrowing)",
-            "model_bytes": (folder / "model.onnx").stat().st_size}
+            "model_bytes": _graph_bytes(folder / "model.onnx")}
     return encode, info
 
 
@@ -187,6 +187,12 @@ def _open_optimum(folder: Path, threads: int, max_length: int, pooling: str):
     return encode, info
 
 
+def _graph_bytes(graph: Path) -> int:
+    """A graph file and the data file of its weights beside it, if it has one (export/graphfile.py)."""
+    data = graph.with_name(graph.name + ".data")
+    return graph.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def _variant_bytes(variant) -> int:
-    """The graph file and, for a graph past 2 GiB, its weights' data file."""
+    """The graph file and, for a graph past 16 MiB of weights, its weights' data file."""
     return variant.bytes + (variant.data_bytes or 0)
