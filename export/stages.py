@@ -1,7 +1,8 @@
 """The export stages, one function each: ONNX graph, fused graph, fp16 graph (int8: export/int8.py).
 
 Each takes a path and writes a path; none knows about the others or about the model folder. A graph
-too large for one file is written as the graph and one data file beside it (export/graphfile.py).
+with more than graphfile.SINGLE_FILE_BYTES of weights is written as the graph and one data file beside
+it (export/graphfile.py).
 """
 
 from __future__ import annotations
