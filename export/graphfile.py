@@ -109,6 +109,13 @@ def data_file(graph_file: Path) -> Path | None:
     return expected
 
 
+def match_permissions(graph_file: Path, data: Path) -> None:
+    """Give the data file the graph file's permissions: onnx writes it readable by its owner only
+    (0600, against 0644 for the graph under a 0022 umask), so a folder exported by one user could
+    not be served by another that can read the graph."""
+    data.chmod(Path(graph_file).stat().st_mode & 0o777)
+
+
 def remove_graph(graph_file: Path) -> None:
     """Delete a graph file and its data file, if it has one."""
     Path(graph_file).unlink(missing_ok=True)

@@ -258,6 +258,8 @@ def _variant(staging: Path, precision: str, parity: dict) -> Variant:
     output = POOLED_OUTPUT if parity.get("pooled_in_graph") else None
     weight_bits = (parity.get("quantized_ops") or {}).get("weight_bits")
     data = graphfile.data_file(file)  # the weights of a graph past 16 MiB of them, hashed and listed like it
+    if data is not None:
+        graphfile.match_permissions(file, data)
     data_fields = {} if data is None else {"data_file": data.name, "data_sha256": sha256_file(data),
                                            "data_bytes": data.stat().st_size}
     return Variant(file=file.name, sha256=sha256_file(file), bytes=file.stat().st_size,

@@ -1,7 +1,8 @@
-"""Graphs past protobuf's 2 GiB (bge-reranker-large, -v2-m3 in fp32) keep their weights in one data
-file beside them. No such model is downloaded here: tiny generated ones are pushed through the same
-path by optimum's FORCE_ONNX_EXTERNAL_DATA (it then writes model.onnx_data, as for a large model) and
-a lowered graphfile.SINGLE_FILE_BYTES, and checked against their single-file exports."""
+"""Graphs past graphfile.SINGLE_FILE_BYTES of weights (16 MiB: every real BGE variant; past
+protobuf's 2 GiB it is the only way) keep them in one data file beside them. Tiny generated models
+are pushed through that path by optimum's FORCE_ONNX_EXTERNAL_DATA (it then writes model.onnx_data,
+as for a large model) and a lowered graphfile.SINGLE_FILE_BYTES, and checked against their
+single-file exports."""
 
 import shutil
 
@@ -59,6 +60,8 @@ def test_each_variant_has_one_named_data_file_listed_and_hashed(external_model):
         data = external_model / variant.data_file
         assert sha256_file(data) == variant.data_sha256 and data.stat().st_size == variant.data_bytes
         assert variant.parity["passed"], precision
+        # readable by whoever can read the graph (onnx writes data files owner-only)
+        assert data.stat().st_mode & 0o777 == (external_model / variant.file).stat().st_mode & 0o777, precision
         expected |= {variant.file, variant.data_file}
     # no optimum model.onnx_data, no per-tensor files, no leftovers of the staging
     assert {p.name for p in external_model.iterdir()} == expected
