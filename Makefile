@@ -36,10 +36,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,export,test,bench]' torch==2.13.0
 	touch $@
 
-bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~30 min; BENCH_ARGS=--quick for a smoke run)
+bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~25 min; BENCH_ARGS=--quick for a smoke run)
 	$(PY) bench/cpu.py $(BENCH_ARGS)
 
-bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~10 min)
+bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~15 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)
 
 gpu-payload: setup  ## what bench/gpu.py runs on a lent GPU: exports, PyTorch references, onnxruntime-gpu, in 60 MiB parts -> .gpu-parts/
