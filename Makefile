@@ -8,10 +8,10 @@ NAME ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup export demo test bench bench-rerank gpu-payload clean
+.PHONY: help setup export demo test bench bench-avx2 bench-rerank gpu-payload clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 
 bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~25 min; BENCH_ARGS=--quick for a smoke run)
 	$(PY) bench/cpu.py $(BENCH_ARGS)
+
+bench-avx2: $(VENV)/.bench-installed  ## the CPU benchmark with cpuid hiding AVX-512, VNNI and AMX (bench/isa.py) -> bench/results/avx2/cpu.md (~35 min)
+	$(PY) bench/cpu.py --isa avx2 $(BENCH_ARGS)
 
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~15 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)

@@ -25,6 +25,8 @@ sys.path.insert(0, str(HERE))
 
 from corpora import SIZES, build_corpora  # noqa: E402
 from environment import describe_environment  # noqa: E402
+from isa import ISAS, HIDDEN_FLAGS, MaskUnavailable, probe  # noqa: E402
+from isa import environ as isa_environ  # noqa: E402
 from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
 from peers import BGEORT_SHIPPED, DESCRIPTIONS, PEERS  # noqa: E402
 from report import summarize, write_chart, write_markdown  # noqa: E402
@@ -38,9 +40,10 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def worker_env(threads: int) -> dict:
-    """A worker's environment: every BLAS and OpenMP pool at `threads`, offline, quiet tokenizers."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+def worker_env(threads: int, isa: str = "native") -> dict:
+    """A worker's environment: every BLAS and OpenMP pool at `threads`, offline, quiet tokenizers, and
+    the instruction-set mask for `isa` (bench/isa.py) preloaded."""
+    return {**isa_environ(isa), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "OPENBLAS_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
 
@@ -62,7 +65,7 @@ class Worker:
         self.peer = peer
         self.stderr = open(args.log_dir / (log_name or f"{model}-{peer}-t{threads}.log"), "w")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                        text=True, env=worker_env(threads), cwd=REPO)
+                                        text=True, env=worker_env(threads, args.isa), cwd=REPO)
         self.hello = self._read()
 
     def _read(self) -> dict:
@@ -87,8 +90,8 @@ class Worker:
         self.stderr.close()
 
 
-def measure_gemm(threads: int, min_seconds: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+def measure_gemm(threads: int, min_seconds: float, isa: str = "native") -> dict:
+    env = {k: v for k, v in isa_environ(isa).items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     out = subprocess.run([sys.executable, str(HERE / "gemm.py"), "--threads", str(threads),
                           "--min-seconds", str(min_seconds)], env=env, capture_output=True, text=True, check=True)
@@ -170,7 +173,11 @@ def parse_args(argv):
     parser.add_argument("--bgeort-max-batch-tokens", type=int, help="pass max_batch_tokens to bgeort.Embedder")
     parser.add_argument("--skip-quality", action="store_true", help="leave out the MiniLM STS-B columns")
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT, help="where the model folders are built")
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results, quick bench/results/tmp/quick)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results, with --isa avx2 "
+                        "bench/results/avx2, quick bench/results/tmp/quick)")
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="run every peer and the GEMM peak with cpuid hiding AVX-512, VNNI and AMX "
+                        "(avx2: the issue's AVX2 CPU class, see bench/isa.py); default native")
     args = parser.parse_args(argv)
     args.size = "quick" if args.quick else "full"
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -184,7 +191,15 @@ def parse_args(argv):
         parser.error(f"unknown peers {sorted(unknown)}; known: {', '.join(PEERS)}")
     if "bgeort-fp32" not in args.peer_list:
         args.peer_list.insert(0, "bgeort-fp32")  # the reference for the equal-work check
-    args.out = args.out or (HERE / "results" / "tmp" / "quick" if args.quick else HERE / "results")
+    args.out = args.out or (HERE / "results" / "tmp" / "quick" if args.quick else
+                            HERE / "results" / ("" if args.isa == "native" else args.isa))
+    if args.isa != "native":
+        try:
+            args.isa_probe = probe(args.isa)
+        except MaskUnavailable as exc:
+            parser.error(f"--isa {args.isa}: {exc}")
+    else:
+        args.isa_probe = None
     return args
 
 
@@ -202,8 +217,12 @@ def main(argv=None) -> int:
     corpora_file = HERE / "results" / "tmp" / f"corpora-{args.size}.json"
     corpora_file.write_text(json.dumps(corpora))
     environment = describe_environment(args.thread_counts)
+    environment["isa"] = args.isa
+    if args.isa != "native":  # report what the workers' cpuid says, not the host's /proc/cpuinfo
+        environment["cpu_flags"] = [f for f in environment["cpu_flags"] if f not in HIDDEN_FLAGS]
+        environment["isa_probe"] = args.isa_probe
     log(f"GEMM peak at {args.thread_counts} thread(s)")
-    gemm = {t: measure_gemm(t, 0.5 if args.quick else 2.0) for t in args.thread_counts}
+    gemm = {t: measure_gemm(t, 0.5 if args.quick else 2.0, args.isa) for t in args.thread_counts}
     runs = {t: throughput(args.peer_list, t, args, corpora_file, corpora) for t in args.thread_counts}
     top = max(args.thread_counts)
     rss = {p: rss_passes(p, top, args, corpora_file) for p in BGEORT_SHIPPED if p in args.peer_list}
@@ -222,7 +241,7 @@ def main(argv=None) -> int:
     summary = summarize(raw)
     (args.out / "cpu.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
     write_markdown(summary, raw, args.out / "cpu.md")
-    write_chart(summary, args.out / "cpu.png")
+    write_chart(summary, args.out / "cpu.png", args.isa)
     log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'cpu.md'}")
     return 0
 

@@ -154,10 +154,27 @@ def _fmt(value, spec=".0f", missing="–"):
     return missing if value is None else format(value, spec)
 
 
+def isa_lines(env: dict) -> list[str]:
+    """The instruction-set mask a run used (bench/isa.py), and what the workers' libraries saw under it."""
+    if env.get("isa", "native") == "native":
+        return []
+    seen = env.get("isa_probe") or {}
+    return [f"- Instruction set: **{env['isa'].upper()} only**. Every peer and the GEMM peak ran with cpuid hiding "
+            "AVX-512, VNNI (AVX-512 and AVX) and AMX (`bench/isa.py`, LD_PRELOAD of `bench/isa_mask.c`): this "
+            "machine's cores running the kernels each library picks on an AVX2 + FMA CPU without VNNI, which "
+            "stands in for that CPU class's instruction set, not for its clocks or caches. What the workers saw: "
+            f"numpy AVX512F {seen.get('numpy', {}).get('AVX512F')}, OpenBLAS kernel {', '.join(seen.get('blas', []))}, "
+            f"PyTorch {seen.get('torch')}, onnxruntime's u8 x s8 GEMM with full-range 8-bit weights "
+            + {True: "exact (a VNNI or widening kernel).", False: "inexact (AVX2's saturating 16-bit kernel, as "
+               "on such a CPU; bgeort's 7-bit weights stay exact there)."}.get(seen.get("onnxruntime_u8s8_8bit_exact"),
+                                                                               "not probed.")]
+
+
 def write_markdown(summary: dict, raw: dict, path: Path) -> None:
     env = raw["environment"]
     lines = [
-        "# bgeort CPU benchmark (issue 4)", "",
+        "# bgeort CPU benchmark (issue 4)" + ("" if env.get("isa", "native") == "native" else
+                                              f", {env['isa'].upper()} instruction set"), "",
         f"Made by `{raw['command']}` (`make bench` runs the full one) on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {raw['size']} corpora, "
         f"{raw['rounds']} interleaved round(s), wall {raw['wall_seconds'] / 60:.1f} min. "
@@ -165,6 +182,7 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
         "(A B A B), with the same thread budget.", "",
         f"- CPU: {env['cpu_model']}, {env['cores_usable']} usable cores, {env['memory_gib']} GiB; flags: "
         f"{' '.join(env['cpu_flags'])}",
+        *isa_lines(env),
         f"- Load average at start {tuple(round(x, 2) for x in env['load_average_start'])}, at end "
         f"{tuple(round(x, 2) for x in raw['load_average_end'])} (anything above 0 is someone else's work)",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
@@ -231,7 +249,7 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def write_chart(summary: dict, path: Path) -> None:
+def write_chart(summary: dict, path: Path, isa: str = "native") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +275,8 @@ def write_chart(summary: dict, path: Path) -> None:
         ax.margins(x=0.15)  # room for the value labels
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.suptitle("bge-small shape on this CPU: texts/s, same thread budget for every peer")
+    where = "this CPU" if isa == "native" else f"this CPU, {isa.upper()} instruction set only"
+    fig.suptitle(f"bge-small shape on {where}: texts/s, same thread budget for every peer")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
