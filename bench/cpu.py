@@ -58,7 +58,7 @@ class Worker:
             settings = MODELS[model]
             command = [sys.executable, str(HERE / "worker.py"), "--peer", peer, "--base", str(args.models / model),
                        "--threads", str(threads), "--max-length", str(settings["max_length"]),
-                       "--pooling", settings["pooling"], "--st-int8-file", st_int8_file(),
+                       "--pooling", settings["pooling"], "--st-int8-file", st_int8_file(args.isa),
                        "--corpora", str(corpora_file)]
             if args.bgeort_max_batch_tokens:
                 command += ["--bgeort-max-batch-tokens", str(args.bgeort_max_batch_tokens)]

@@ -33,8 +33,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 MODEL_KEYS = ("bge-small", "minilm")
 
 
-def st_int8_config() -> str:
-    """sentence-transformers' quantization preset that matches this CPU, as its docs advise."""
+def st_int8_config(isa: str = "native") -> str:
+    """sentence-transformers' quantization preset that matches this CPU, as its docs advise; with
+    isa="avx2" (bench/isa.py's mask) the one for an AVX2 CPU."""
+    if isa == "avx2":
+        return "avx2"
     flags = cpu_flags()
     if "avx512_vnni" in flags:
         return "avx512_vnni"
@@ -55,8 +58,8 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def st_int8_file() -> str:
-    preset = st_int8_config()
+def st_int8_file(isa: str = "native") -> str:
+    preset = st_int8_config(isa)
     dtype = "quint8" if preset == "avx2" else "qint8"  # optimum's AutoQuantizationConfig weight types
     return f"onnx/model_{dtype}_{preset}.onnx"
 
@@ -102,9 +105,11 @@ def add_st_onnx(folder: Path) -> None:
     model = SentenceTransformer(str(folder), backend="onnx", device="cpu",
                                 model_kwargs={"provider": "CPUExecutionProvider"})
     model.save_pretrained(str(folder))
-    export_dynamic_quantized_onnx_model(model, st_int8_config(), str(folder))
-    if not (folder / st_int8_file()).is_file():
-        raise SystemExit(f"sentence-transformers did not write {folder / st_int8_file()}")
+    for isa in ("native", "avx2"):  # the second for `bench/cpu.py --isa avx2`
+        if isa == "native" or st_int8_config() != "avx2":
+            export_dynamic_quantized_onnx_model(model, st_int8_config(isa), str(folder))
+        if not (folder / st_int8_file(isa)).is_file():
+            raise SystemExit(f"sentence-transformers did not write {folder / st_int8_file(isa)}")
 
 
 def export_bgeort(src: Path, out: Path, family: str | None, *extra: str) -> None:
@@ -172,7 +177,7 @@ def make_model(key: str, root: Path, *, force: bool = False) -> Path:
     export_bgeort(pristine, base / "bgeort-lnstatic", "bge-small-en-v1.5" if key == "bge-small" else None,
                   "--precisions", "int8", "--int8-activations", "layernorm-static")
     write_fastembed_folder(pristine, base / "fastembed")
-    print(f"[make_models] {key}: sentence-transformers ONNX export and {st_int8_config()} int8", file=sys.stderr,
+    print(f"[make_models] {key}: sentence-transformers ONNX export, {st_int8_config()} and avx2 int8", file=sys.stderr,
           flush=True)
     add_st_onnx(src)
     stamp.write_text(build_fingerprint() + "\n")
