@@ -30,6 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
 DEFAULT_ROOT = REPO / "bench" / "results" / "tmp" / "models"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import cpu_flags  # noqa: E402
+
 MODEL_KEYS = ("bge-small", "minilm")
 
 
@@ -46,16 +49,6 @@ def st_int8_config(isa: str = "native") -> str:
     if "avx2" in flags:
         return "avx2"
     return "arm64"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def st_int8_file(isa: str = "native") -> str:
