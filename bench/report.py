@@ -159,7 +159,7 @@ def isa_lines(env: dict) -> list[str]:
     if env.get("isa", "native") == "native":
         return []
     seen = env.get("isa_probe") or {}
-    return [f"- Instruction set: **{env['isa'].upper()} only**. Every peer and the GEMM peak ran with cpuid hiding "
+    return [f"- Instruction set: **{env['isa'].upper()} only**. Every measured process ran with cpuid hiding "
             "AVX-512, VNNI (AVX-512 and AVX) and AMX (`bench/isa.py`, LD_PRELOAD of `bench/isa_mask.c`): this "
             "machine's cores running the kernels each library picks on an AVX2 + FMA CPU without VNNI, which "
             "stands in for that CPU class's instruction set, not for its clocks or caches. What the workers saw: "

@@ -38,7 +38,9 @@ sys.path.insert(0, str(HERE))
 from corpora import DATA, stsb_pairs  # noqa: E402
 from cpu import Worker  # noqa: E402
 from environment import describe_environment  # noqa: E402
+from isa import HIDDEN_FLAGS, ISAS, MaskUnavailable, probe  # noqa: E402
 from make_models import DEFAULT_ROOT, MINILM, build_fingerprint, export_bgeort  # noqa: E402
+from report import isa_lines  # noqa: E402
 
 PEERS = ("bgeort-int8", "bgeort-fp32", "ce-torch")
 DESCRIPTIONS = {
@@ -224,11 +226,13 @@ def summarize(raw: dict) -> dict:
 def write_markdown(summary: dict, raw: dict, path: Path) -> None:
     env = raw["environment"]
     lines = [
-        "# bgeort reranker CPU benchmark (issue 4)", "",
+        "# bgeort reranker CPU benchmark (issue 4)" + ("" if env.get("isa", "native") == "native" else
+                                                       f", {env['isa'].upper()} instruction set"), "",
         f"Made by `{raw['command']}` on {raw['date']}, {raw['rounds']} interleaved round(s), wall "
         f"{raw['wall_seconds'] / 60:.1f} min. Pairs/s are medians over rounds; each peer runs in its own "
         "process with the same thread budget.", "",
         f"- CPU: {env['cpu_model']}, {env['cores_usable']} usable cores, {env['memory_gib']} GiB; flags: {' '.join(env['cpu_flags'])}",
+        *isa_lines(env),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- Per worker: {env['env_set_per_worker']}",
         f"- Load average at start {raw['load_average_start']}, at end {raw['load_average_end']}",
@@ -263,7 +267,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", help="comma-separated (default 1,2; quick 1)")
     parser.add_argument("--latency-pairs", type=int, default=20)
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results, with --isa avx2 "
+                        "bench/results/avx2, quick bench/results/tmp/quick)")
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="run every peer with cpuid hiding AVX-512, VNNI and AMX (bench/isa.py); default native")
     parser.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,7 +280,12 @@ def main(argv=None) -> int:
     size = "quick" if args.quick else "full"
     args.rounds = args.rounds or (1 if args.quick else 3)
     thread_counts = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
-    args.out = args.out or (HERE / "results" / "tmp" / "quick" if args.quick else HERE / "results")
+    args.out = args.out or (HERE / "results" / "tmp" / "quick" if args.quick else
+                            HERE / "results" / ("" if args.isa == "native" else args.isa))
+    try:
+        isa_probe = None if args.isa == "native" else probe(args.isa)
+    except MaskUnavailable as exc:
+        parser.error(f"--isa {args.isa}: {exc}")
     args.out.mkdir(parents=True, exist_ok=True)
     args.log_dir = HERE / "results" / "tmp" / "logs"
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +299,10 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
            "peers": args.peer_list, "pairs": pairs, "tokens": pair_tokens(pairs, args.models),
            "environment": describe_environment(thread_counts), "load_average_start": load_start}
+    raw["environment"]["isa"] = args.isa
+    if isa_probe is not None:  # what the workers' cpuid says, not the host's /proc/cpuinfo
+        raw["environment"]["cpu_flags"] = [f for f in raw["environment"]["cpu_flags"] if f not in HIDDEN_FLAGS]
+        raw["environment"]["isa_probe"] = isa_probe
     raw["runs"] = {str(t): measure(t, args, pairs) for t in thread_counts}
     raw["load_average_end"] = os.getloadavg()
     raw["wall_seconds"] = time.time() - started

@@ -93,14 +93,17 @@ print(json.dumps(out))
 @pytest.mark.slow
 def test_int8_vectors_are_the_same_on_an_avx2_cpu(minilm_model, avx2_env):
     """all-MiniLM-L6-v2's default int8 export embeds STS-B sentences on AVX2 kernels as on this
-    CPU's own (VNNI): the integer products are exact on both, only float rounding differs."""
+    CPU's own (VNNI): the integer products are exact on both, so only float rounding can differ
+    (the bge-reranker-base-shaped int8 graph's logits differ by up to 0.007 between the two,
+    bench/results/avx2/rerank.md, within their 0.021 from PyTorch's; saturated 8-bit products drift
+    to cosine ~0.98, issue 4). Seen for MiniLM here: identical vectors."""
     args = [str(minilm_model), str(DATA / "stsb" / "stsb-en-test.csv")]
     on_avx2 = run_child(EMBED, avx2_env, *args)
     native = run_child(EMBED, isa.environ("native"), *args)
     for precision in ("int8", "fp32"):
         a, b = np.array(on_avx2[precision]), np.array(native[precision])
         assert a.shape == (64, 384)
-        assert np.abs(a - b).max() < 1e-4, precision
+        assert np.einsum("ij,ij->i", a, b).min() > 0.9999, precision
     # and int8 on AVX2 stays as close to fp32 as int8 is here (export/int8.py: mean cosine ~0.998)
     cos = np.einsum("ij,ij->i", np.array(on_avx2["int8"]), np.array(native["fp32"]))
     assert cos.mean() > 0.995 and cos.min() > 0.98
