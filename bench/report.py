@@ -175,7 +175,8 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
     lines = [
         "# bgeort CPU benchmark (issue 4)" + ("" if env.get("isa", "native") == "native" else
                                               f", {env['isa'].upper()} instruction set"), "",
-        f"Made by `{raw['command']}` (`make bench` runs the full one) on "
+        f"Made by `{raw['command']}` (`make bench{'' if env.get('isa', 'native') == 'native' else '-' + env['isa']}` "
+        "runs the full one) on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {raw['size']} corpora, "
         f"{raw['rounds']} interleaved round(s), wall {raw['wall_seconds'] / 60:.1f} min. "
         "Throughput figures are medians over rounds; peers run in their own processes, interleaved "
