@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from corpora import SIZES, build_corpora  # noqa: E402
 from environment import describe_environment  # noqa: E402
-from isa import ISAS, HIDDEN_FLAGS, MaskUnavailable, probe  # noqa: E402
+from isa import ISAS, MaskUnavailable, mark_environment, probe  # noqa: E402
 from isa import environ as isa_environ  # noqa: E402
 from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
 from peers import BGEORT_SHIPPED, DESCRIPTIONS, PEERS  # noqa: E402
@@ -216,11 +216,7 @@ def main(argv=None) -> int:
     corpora = build_corpora(args.size)
     corpora_file = HERE / "results" / "tmp" / f"corpora-{args.size}.json"
     corpora_file.write_text(json.dumps(corpora))
-    environment = describe_environment(args.thread_counts)
-    environment["isa"] = args.isa
-    if args.isa != "native":  # report what the workers' cpuid says, not the host's /proc/cpuinfo
-        environment["cpu_flags"] = [f for f in environment["cpu_flags"] if f not in HIDDEN_FLAGS]
-        environment["isa_probe"] = args.isa_probe
+    environment = mark_environment(describe_environment(args.thread_counts), args.isa, args.isa_probe)
     log(f"GEMM peak at {args.thread_counts} thread(s)")
     gemm = {t: measure_gemm(t, 0.5 if args.quick else 2.0, args.isa) for t in args.thread_counts}
     runs = {t: throughput(args.peer_list, t, args, corpora_file, corpora) for t in args.thread_counts}

@@ -41,13 +41,13 @@ class MaskUnavailable(RuntimeError):
 
 
 def cpu_flags() -> set[str]:
+    """This CPU's flags as /proc/cpuinfo lists them (empty where there is none)."""
+    from bgeort.session import cpu_flags as parse
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+        return parse(Path("/proc/cpuinfo").read_text()) or set()
     except OSError:
-        pass
-    return set()
+        return set()
 
 
 def unavailable_reason() -> str | None:
@@ -130,6 +130,16 @@ def probe(isa: str) -> dict:
     if run.returncode != 0:
         raise MaskUnavailable(f"the probe under {isa} failed ({run.returncode}): {run.stderr.strip()[-500:]}")
     return json.loads(run.stdout)
+
+
+def mark_environment(environment: dict, isa: str, seen: dict | None) -> dict:
+    """A benchmark's environment record (bench/environment.py) for a run under `isa`: the mask, what
+    the probe saw, and the CPU flags the workers' cpuid reports rather than the host's /proc/cpuinfo."""
+    environment["isa"] = isa
+    if isa != "native":
+        environment["cpu_flags"] = [f for f in environment["cpu_flags"] if f not in HIDDEN_FLAGS]
+        environment["isa_probe"] = seen
+    return environment
 
 
 def main(argv=None) -> int:

@@ -102,7 +102,7 @@ def _open_bgeort(folder: Path, precision: str, threads: int, max_batch_tokens: i
 
     info = {"precision": model.precision, "batch_size": model.batch_size, "max_batch_tokens": model.max_batch_tokens,
             "max_length": model.max_length, "file": model.manifest.variants[model.precision].file,
-            "model_bytes": _variant_bytes(model.manifest.variants[model.precision])}
+            "model_bytes": model.manifest.variants[model.precision].total_bytes}
     return encode, info
 
 
@@ -192,7 +192,3 @@ def _graph_bytes(graph: Path) -> int:
     data = graph.with_name(graph.name + ".data")
     return graph.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
-
-def _variant_bytes(variant) -> int:
-    """The graph file and, for a graph past 16 MiB of weights, its weights' data file."""
-    return variant.bytes + (variant.data_bytes or 0)

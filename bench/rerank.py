@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from corpora import DATA, stsb_pairs  # noqa: E402
 from cpu import Worker  # noqa: E402
 from environment import describe_environment  # noqa: E402
-from isa import HIDDEN_FLAGS, ISAS, MaskUnavailable, probe  # noqa: E402
+from isa import ISAS, MaskUnavailable, mark_environment, probe  # noqa: E402
 from make_models import DEFAULT_ROOT, MINILM, build_fingerprint, export_bgeort  # noqa: E402
 from report import isa_lines  # noqa: E402
 
@@ -298,11 +298,8 @@ def main(argv=None) -> int:
     raw = {"command": " ".join(["python", "bench/rerank.py", *(sys.argv[1:] if argv is None else argv)]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
            "peers": args.peer_list, "pairs": pairs, "tokens": pair_tokens(pairs, args.models),
-           "environment": describe_environment(thread_counts), "load_average_start": load_start}
-    raw["environment"]["isa"] = args.isa
-    if isa_probe is not None:  # what the workers' cpuid says, not the host's /proc/cpuinfo
-        raw["environment"]["cpu_flags"] = [f for f in raw["environment"]["cpu_flags"] if f not in HIDDEN_FLAGS]
-        raw["environment"]["isa_probe"] = isa_probe
+           "environment": mark_environment(describe_environment(thread_counts), args.isa, isa_probe),
+           "load_average_start": load_start}
     raw["runs"] = {str(t): measure(t, args, pairs) for t in thread_counts}
     raw["load_average_end"] = os.getloadavg()
     raw["wall_seconds"] = time.time() - started

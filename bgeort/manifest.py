@@ -49,6 +49,11 @@ class Variant:
     data_sha256: str | None = None
     data_bytes: int | None = None
 
+    @property
+    def total_bytes(self) -> int:
+        """The graph file and its data file, if it has one."""
+        return self.bytes + (self.data_bytes or 0)
+
     def files(self) -> list[tuple[str, str]]:
         """(file name, sha256) of every file the variant needs: the graph, then its data file."""
         return [(self.file, self.sha256)] + ([(self.data_file, self.data_sha256)] if self.data_file else [])

@@ -287,7 +287,7 @@ def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) ->
 def resident_bytes(variant, name: str, device: str) -> int:
     """About how much memory a session of `variant` (precision `name`) holds on `device`."""
     factor = CPU_RESIDENT_FACTOR.get(name, 1) if device == "cpu" else 1
-    return factor * (variant.bytes + (variant.data_bytes or 0))
+    return factor * variant.total_bytes
 
 
 def _needs_exact_kernels(variant) -> bool | None:

@@ -50,8 +50,8 @@ activations by s8 weights with a saturating 16-bit add of two products (255 * 12
 int16), so full-range weights can drift there; 7-bit weights (255 * 63 * 2 < 32767) cannot, on any
 CPU, with the same fast kernels. Checked on onnxruntime's own AVX2 kernels with bench/isa.py's mask
 (tests/test_isa_mask.py): full-range 8-bit weights come out wrong there, 7-bit ones exact, and
-all-MiniLM-L6-v2's int8 vectors equal those of this CPU's VNNI kernels. 8-bit weights (`weight_bits=8`, `python -m export --int8-weight-bits
-8`) are closer to fp32 (above); on x86 CPUs without VNNI bgeort then sets onnxruntime's
+all-MiniLM-L6-v2's int8 vectors equal those of this CPU's VNNI kernels. 8-bit weights
+(`weight_bits=8`, `python -m export --int8-weight-bits 8`) are closer to fp32 (above); on x86 CPUs without VNNI bgeort then sets onnxruntime's
 `session.x64quantprecision`, whose exact U8U8 kernels are slower (bgeort/session.py). On this
 Xeon (which has VNNI) those kernels ran 2.3x slower than the VNNI ones, so they are never asked for
 where VNNI exists. What is left of the int8 error is almost all weight rounding: 7-bit weights alone

@@ -248,7 +248,7 @@ def test_an_fp16_graph_on_the_cpu_counts_as_its_float32_weights_for_the_side_ses
     MB for a 66 MB graph), so the side session's size rule counts such a graph 3x; on CUDA 1x."""
     fp16 = bgeort.Embedder(tiny_model, precision="fp16", device="cpu", threads=1)
     variant = fp16.manifest.variants["fp16"]
-    size = variant.bytes + (variant.data_bytes or 0)
+    size = variant.total_bytes
     assert bgeort.model.resident_bytes(variant, "fp16", "cpu") == 3 * size
     assert bgeort.model.resident_bytes(variant, "fp16", "cuda:0") == size
     monkeypatch.setattr(bgeort.model, "SIDE_SESSION_MAX_BYTES", 2 * size)  # the file fits, its session not
