@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 from dataclasses import dataclass
 
+from .cuda import cuda_device_count, usable_cuda_provider
 from .errors import DeviceError, MissingDependencyError
 
 CPU = "CPUExecutionProvider"
@@ -189,8 +190,6 @@ def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None
     ort = import_onnxruntime()
     wanted = choice.providers[0] if isinstance(choice.providers[0], str) else choice.providers[0][0]
     if wanted == CUDA:
-        from .doctor import usable_cuda_provider
-
         problem = usable_cuda_provider(ort)
         if problem is not None:  # onnxruntime would log it and quietly run on the CPU
             raise DeviceError(
@@ -207,8 +206,6 @@ def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None
                                    disabled_optimizers=list(disabled))
     active = session.get_providers()
     if not active or active[0] != wanted:  # e.g. a provider that loads but finds no such GPU
-        from .doctor import cuda_device_count
-
         count = cuda_device_count() if wanted == CUDA else None
         index = int(choice.device.partition(":")[2] or 0)
         reason = (f": CUDA sees {count} GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}; "

@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-import bgeort.doctor
-from bgeort.doctor import cpu_facts, usable_cuda_provider
+import bgeort.cuda
+from bgeort.cuda import usable_cuda_provider
+from bgeort.doctor import cpu_facts
 
 CPUINFO = """processor\t: 0
 model name\t: AMD EPYC 7B13
@@ -48,13 +49,13 @@ class _OrtWithPreload:
 def test_cuda_libraries_from_pip_wheels_are_preloaded(monkeypatch, capsys):
     ort = _OrtWithPreload()
     answers = ["libcudnn.so.9: cannot open shared object file: No such file or directory", None]
-    monkeypatch.setattr(bgeort.doctor, "cuda_provider_problem", lambda _: answers.pop(0))
+    monkeypatch.setattr(bgeort.cuda, "cuda_provider_problem", lambda _: answers.pop(0))
     assert usable_cuda_provider(ort) is None
     assert ort.preloaded == [{"cuda": True, "cudnn": True}] and capsys.readouterr().out == ""
     # still missing after the preload (no nvidia-* wheels either): the loader's own words come back
     answers[:] = ["libcudnn.so.9: cannot open shared object file", "libcudnn.so.9: cannot open shared object file"]
     assert usable_cuda_provider(ort).startswith("libcudnn.so.9")
     # the CPU wheel has no CUDA provider library at all: nothing to preload
-    monkeypatch.setattr(bgeort.doctor, "cuda_provider_problem", lambda _: "libonnxruntime_providers_cuda.so is not in this onnxruntime")
+    monkeypatch.setattr(bgeort.cuda, "cuda_provider_problem", lambda _: "libonnxruntime_providers_cuda.so is not in this onnxruntime")
     ort.preloaded.clear()
     assert "not in this onnxruntime" in usable_cuda_provider(ort) and ort.preloaded == []

@@ -129,11 +129,11 @@ def test_explicit_cuda_without_the_provider_is_an_error(tiny_model):
 def test_cuda_provider_that_cannot_load(tiny_model, monkeypatch):
     """onnxruntime-gpu installed, its CUDA libraries missing: an explicit 'cuda' names the missing
     library; 'auto' runs on the CPU and says why (onnxruntime alone would only log it)."""
-    import bgeort.doctor
+    import bgeort.session
 
     missing = "libcublasLt.so.13: cannot open shared object file: No such file or directory"
     monkeypatch.setattr(bgeort.model, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(bgeort.doctor, "usable_cuda_provider", lambda ort: missing)
+    monkeypatch.setattr(bgeort.session, "usable_cuda_provider", lambda ort: missing)
     with pytest.raises(DeviceError, match="CUDA provider cannot load: libcublasLt.so.13.*onnxruntime-gpu\\[cuda,cudnn\\]"):
         bgeort.Embedder(tiny_model, device="cuda")
     with pytest.warns(RuntimeWarning, match="running on cpu: .*libcublasLt.so.13"):
@@ -180,7 +180,6 @@ class _FakeSession:
 def test_cuda_sessions_keep_fp32_out_of_tf32_and_name_a_missing_gpu(tiny_model, monkeypatch):
     import onnxruntime
 
-    import bgeort.doctor
     import bgeort.session
 
     fake_ort = type("FakeOrt", (), {name: getattr(onnxruntime, name) for name in ("SessionOptions", "ExecutionMode",
@@ -189,7 +188,7 @@ def test_cuda_sessions_keep_fp32_out_of_tf32_and_name_a_missing_gpu(tiny_model, 
     monkeypatch.setattr(bgeort.session, "import_onnxruntime", lambda: fake_ort)
     monkeypatch.setattr(bgeort.model, "import_onnxruntime", lambda: fake_ort)
     monkeypatch.setattr(bgeort.model, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(bgeort.doctor, "usable_cuda_provider", lambda ort: None)
+    monkeypatch.setattr(bgeort.session, "usable_cuda_provider", lambda ort: None)
     _FakeSession.opened.clear()
     assert bgeort.Embedder(tiny_model, device="cuda:0").precision == "fp16"
     assert bgeort.Embedder(tiny_model, device="cuda:0", precision="fp32").precision == "fp32"
@@ -198,7 +197,7 @@ def test_cuda_sessions_keep_fp32_out_of_tf32_and_name_a_missing_gpu(tiny_model, 
         [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": "0"}), ("CPUExecutionProvider", {})]]
     # onnxruntime runs on the CPU when the GPU index does not exist: an error naming the GPUs there are
     monkeypatch.setattr(_FakeSession, "runs_on", ["CPUExecutionProvider"])
-    monkeypatch.setattr(bgeort.doctor, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(bgeort.session, "cuda_device_count", lambda: 2)
     with pytest.raises(DeviceError, match=r"cuda:3 .*CUDA sees 2 GPUs \(cuda:0 to cuda:1"):
         bgeort.Embedder(tiny_model, device="cuda:3")
 
