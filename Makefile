@@ -23,10 +23,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv with bgeort, the export stack and the test tools
 
-export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed a few sentences with it
-	$(PY) -m export $(SOURCE) --out $(OUT) $(if $(NAME),--name $(NAME)) > $(VENV)/last-export
-	$(PY) -m bgeort embed "$$(cat $(VENV)/last-export)" \
-		"A man is playing a guitar." "Someone is playing an instrument." "The stock market fell sharply today."
+export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed (or rerank) a few examples with it
+	folder="$$($(PY) -m export $(SOURCE) --out $(OUT) $(if $(NAME),--name $(NAME)))" && $(PY) -m bgeort demo "$$folder"
 
 test: setup  ## run the test suite (exports tiny models and the real MiniLM from ../shared)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -109,9 +109,10 @@ class OpenModel:
         manifest = load_manifest(path)
         hint = rebuild_hint(path, manifest.provenance.get("source"))
         if manifest.kind != kind:
+            cls_name, command = ("Reranker", "rerank") if manifest.kind == "reranker" else ("Embedder", "embed")
             raise ModelFolderError(
-                f"{path} holds a {manifest.kind} model, not a {kind}: open it with "
-                f"bgeort.{'Reranker' if manifest.kind == 'reranker' else 'Embedder'}"
+                f"{path} holds {_a(manifest.kind)} model, not {_a(kind)}: open it with bgeort.{cls_name} "
+                f"(on the command line: bgeort {command})"
             )
         tokenizer_path = path / manifest.tokenizer_file
         _check_file(tokenizer_path, manifest.tokenizer_sha256, verify, hint)
@@ -241,6 +242,10 @@ class OpenModel:
                                        exact_int8=self.exact_int8, memory_patterns=True)
                 self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 _LIBC_TRIM = []  # [glibc's malloc_trim, or None where there is none], looked up once

@@ -159,9 +159,9 @@ def test_bad_pairs_name_the_index(bert_reranker, pairs, message):
 
 
 def test_kind_mismatch_names_the_right_class(bert_reranker, tiny_model):
-    with pytest.raises(bgeort.ModelFolderError, match="holds a reranker model.*bgeort.Reranker"):
+    with pytest.raises(bgeort.ModelFolderError, match=r"holds a reranker model, not an embedder: open it with bgeort.Reranker \(on the command line: bgeort rerank\)"):
         bgeort.Embedder(bert_reranker)
-    with pytest.raises(bgeort.ModelFolderError, match="holds a embedder model.*bgeort.Embedder"):
+    with pytest.raises(bgeort.ModelFolderError, match="holds an embedder model, not a reranker: open it with bgeort.Embedder"):
         bgeort.Reranker(tiny_model)
 
 
