@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.eval import data, metrics, report, tasks
 from bench.eval.published import PUBLISHED
+
+from .conftest import ROOT
 
 LOG3 = 1 / math.log2(3)  # the discount of rank 2
 
@@ -187,3 +193,61 @@ def test_rerank_rescores_the_top_k_and_reports_ndcg_before_and_after():
     assert found["ndcg_at_10_before"] == pytest.approx(100 * round((LOG3 + 0.5) / 2, 5))
     assert found["ndcg_at_10_after"] == 100.0 and found["pairs"] == 6
     assert tasks.rerank(Oracle(), task, run, depth=1)["ndcg_at_10_after"] == 0.0  # only the top 1 is rescored
+
+
+def _run_eval(model, out, *extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bench.eval", str(model), "--tasks", "STSBenchmark,BIOSSES", "--no-reference",
+               "--precisions", "fp32,int8", "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def _break_int8(folder: Path) -> None:
+    """Noise on the int8 graph's float weights (scales, biases, fp32 layers), manifest hashes updated."""
+    import onnx
+    from onnx import numpy_helper
+
+    from bgeort.manifest import MANIFEST_NAME, sha256_file
+
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    variant = manifest["variants"]["int8"]
+    graph = onnx.load(str(folder / variant["file"]))
+    rng = np.random.default_rng(0)
+    for tensor in graph.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.size >= 64:
+            noisy = values * (1 + 0.5 * rng.standard_normal(values.shape)).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+    data_file = variant.get("data_file")
+    if data_file:
+        (folder / data_file).unlink()
+        onnx.save(graph, str(folder / variant["file"]), save_as_external_data=True, location=data_file)
+    else:
+        onnx.save(graph, str(folder / variant["file"]))
+    for name, sha_key, bytes_key in ((variant["file"], "sha256", "bytes"), (data_file, "data_sha256", "data_bytes")):
+        if name:
+            variant[sha_key], variant[bytes_key] = sha256_file(folder / name), (folder / name).stat().st_size
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.slow
+@pytest.mark.realweights
+def test_eval_exit_code_is_decided_by_real_failures_only(minilm_model, tmp_path):
+    """BIOSSES's copy here is not MTEB's: int8 misses its published score by more than 0.5 (so does a
+    correct fp32), and the run still exits 0; an int8 variant that is really wrong makes it exit 1."""
+    pytest.importorskip("sklearn")
+    done = _run_eval(minilm_model, tmp_path / "good")
+    report_json = json.loads((tmp_path / "good.json").read_text())
+    by_name = {c["check"].split(" (")[0]: c for c in report_json["checks"]}
+    assert not by_name["int8 BIOSSES within 0.5 of published"]["passed"]  # the data-variant deviation
+    assert not by_name["int8 BIOSSES within 0.5 of published"]["decides"]
+    assert by_name["fp32 STSBenchmark within ±0.01 of published"]["passed"]
+    assert by_name["int8 BIOSSES within 0.5 of fp32"]["decides"] and by_name["int8 BIOSSES within 0.5 of fp32"]["passed"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "decides the exit code" in (tmp_path / "good.md").read_text()
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(minilm_model, broken)
+    _break_int8(broken)
+    done = _run_eval(broken, tmp_path / "bad")
+    assert done.returncode == 1
+    assert "FAILED: int8 STSBenchmark within 0.5 of fp32" in done.stderr

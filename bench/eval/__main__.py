@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import report
 from .data import DATA
-from .run import PRECISIONS, QUICK, Scope, evaluate
+from .run import PRECISIONS, QUICK, Scope, evaluate, failed
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--no-reference", action="store_true", help="skip the transformers + PyTorch column")
     parser.add_argument("--reference-source", help="the reference's model folder (default: the manifest's source)")
-    parser.add_argument("--tasks", default="sts,retrieval,classification", help="families (default: %(default)s)")
+    parser.add_argument("--tasks", default="sts,retrieval,classification",
+                        help="families or single STS tasks, e.g. STSBenchmark,BIOSSES (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a reduced smoke run (300 pairs per STS task, ...)")
     parser.add_argument("--data", type=Path, default=DATA, help="the evaluation sets (default: %(default)s)")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     md, js = report.write(result, stem, command=command)
     print(md.read_text(encoding="utf-8"))
     print(f"written: {md} {js}", file=sys.stderr)
-    return 1 if any(not check["passed"] for check in result["checks"]) else 0
+    failures = failed(result)
+    for check in failures:
+        print(f"FAILED: {check['check']} (delta {check['delta']:+.4f})", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

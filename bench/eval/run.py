@@ -48,9 +48,14 @@ class Row:
 
 
 def load_sets(scope: Scope, data_dir: Path) -> dict:
+    """The sets of `scope.families`: family names (sts, retrieval, classification) or single STS task names."""
+    known = {"sts", "retrieval", "classification", *data.STS_TASKS}
+    unknown = sorted(set(scope.families) - known)
+    if unknown:
+        raise ValueError(f"unknown task families or tasks {unknown}; use any of {sorted(known)}")
     sets = {}
-    if "sts" in scope.families:
-        sets.update({task: data.load_sts(task, data=data_dir, limit=scope.sts_pairs) for task in data.STS_TASKS})
+    wanted_sts = data.STS_TASKS if "sts" in scope.families else [t for t in data.STS_TASKS if t in scope.families]
+    sets.update({task: data.load_sts(task, data=data_dir, limit=scope.sts_pairs) for task in wanted_sts})
     if "retrieval" in scope.families:
         sets["SciFact"] = data.load_scifact(data=data_dir, queries=scope.scifact_queries,
                                             extra_docs=scope.scifact_extra_docs)
@@ -179,7 +184,7 @@ def assemble(manifest, model, published, sets, scope, columns, results, truncate
         "columns": {name: columns[name] for name in names},
         "rows": [asdict(row) for row in rows],
         "reranking": reranking,
-        "checks": checks(rows, published) if scope.full else [],
+        "checks": checks(rows, published, full=scope.full),
         "notes": list(notes),
     }
 
@@ -197,30 +202,43 @@ def rerank_column(reranker: str | Path, task, runs: dict, scope: Scope, log) -> 
             "first_stage": source, **found}
 
 
-def checks(rows: list[Row], published: dict) -> list[dict]:
-    """The bars of issue 5: fp32 reproduces published STS-B and SICK-R within 0.01 points; int8 is
-    within 0.5 points on every STS task and SciFact (against published and against fp32)."""
+def checks(rows: list[Row], published: dict, *, full: bool) -> list[dict]:
+    """The bars of issue 5, each with whether it decides the exit code.
+
+    fp32 reproduces published STS-B and SICK-R within 0.01 points; int8 is within 0.5 points of fp32
+    on every STS task and SciFact (any scope: both columns see the same texts), and of the published
+    score on the full sets. A published score on a copy of the data that is not MTEB's
+    (data.DATA_VARIANTS) is shown and decides nothing: it measures the data, not bgeort.
+    """
     found = []
+
+    def check(name: str, delta: float, bar: float, key: str, *, against_published: bool) -> None:
+        variant = against_published and key in data.DATA_VARIANTS
+        found.append({"check": name + (" (data differ from MTEB's: shown, decides nothing)" if variant else ""),
+                      "delta": delta, "passed": abs(delta) <= bar, "decides": not variant})
+
     by_key = {row.key: row for row in rows}
     for key in ("STSBenchmark", "SICK-R"):
         row = by_key.get(key)
-        if row and row.published is not None and "fp32" in row.values:
-            delta = row.values["fp32"] - row.published
-            found.append({"check": f"fp32 {key} within ±0.01 of published", "delta": delta,
-                          "passed": abs(delta) <= 0.01})
+        if full and row and row.published is not None and "fp32" in row.values:
+            check(f"fp32 {key} within ±0.01 of published", row.values["fp32"] - row.published, 0.01, key,
+                  against_published=True)
     for key in data.STS_TASKS + ("SciFact",):
         row = by_key.get(key)
         if not row or "int8" not in row.values:
             continue
-        if row.published is not None:
-            delta = row.values["int8"] - row.published
-            note = " (BIOSSES data differ from MTEB's by ~0.39 points for fp32)" if key == "BIOSSES" else ""
-            found.append({"check": f"int8 {key} within 0.5 of published{note}", "delta": delta,
-                          "passed": abs(delta) <= 0.5})
         if "fp32" in row.values:
-            delta = row.values["int8"] - row.values["fp32"]
-            found.append({"check": f"int8 {key} within 0.5 of fp32", "delta": delta, "passed": abs(delta) <= 0.5})
+            check(f"int8 {key} within 0.5 of fp32", row.values["int8"] - row.values["fp32"], 0.5, key,
+                  against_published=False)
+        if full and row.published is not None:
+            check(f"int8 {key} within 0.5 of published", row.values["int8"] - row.published, 0.5, key,
+                  against_published=True)
     return found
+
+
+def failed(result: dict) -> list[dict]:
+    """The checks that fail and decide the exit code (a report written before `decides` existed: every check)."""
+    return [c for c in result["checks"] if not c["passed"] and c.get("decides", True)]
 
 
 def environment() -> dict:
