@@ -31,13 +31,14 @@ def cpu_facts(cpuinfo: str) -> dict:
 
 
 def report(model: str | None = None) -> list[str]:
+    from . import __version__
     from .session import import_onnxruntime
 
-    lines = []
+    lines = [f"bgeort {__version__} from {Path(__file__).parent}"]
     try:
         ort = import_onnxruntime()
     except BgeortError as exc:
-        return [f"onnxruntime: NOT USABLE: {exc}"]
+        return [*lines, f"onnxruntime: NOT USABLE: {exc}"]
     available = list(ort.get_available_providers())
     wheels = "; ".join(f"{name} in {', '.join(dirs)}" for name, dirs in installed_ort_distributions().items())
     lines.append(f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent} ({wheels or 'not from pip'}), "

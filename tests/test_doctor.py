@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+import bgeort
 import bgeort.cuda
 from bgeort.cuda import usable_cuda_provider
 from bgeort.doctor import cpu_facts
@@ -25,6 +26,7 @@ def test_cpu_facts_reads_model_and_int8_relevant_flags():
 
 def test_doctor_on_a_cpu_machine():
     out = subprocess.run([sys.executable, "-m", "bgeort", "doctor"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"bgeort {bgeort.__version__} from ")
     assert "providers available:" in out and "CPUExecutionProvider" in out
     assert "CPU:" in out and "avx2=" in out and "threads:" in out
     assert "cuDNN" in out
