@@ -9,18 +9,21 @@ import numpy as np
 from .errors import TruncationWarning
 
 
-def check_texts(texts) -> list[str]:
-    """A list of str from a list/tuple/iterable, or a TypeError naming the first bad item."""
+def check_texts(texts, name: str = "texts") -> list[str]:
+    """A list of str from a list/tuple/iterable (a generator, a numpy array, a pandas Series), or a
+    TypeError naming the first bad item. A bare str is refused: iterating it would give its characters."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of str, got a single str ({texts!r:.40}); wrap it in a list")
     if texts is None or isinstance(texts, (bytes, bytearray, dict)):
-        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        raise TypeError(f"{name} must be a str or a list of str, got {type(texts).__name__}")
     try:
         items = list(texts)
     except TypeError:
-        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}") from None
+        raise TypeError(f"{name} must be a str or a list of str, got {type(texts).__name__}") from None
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(
-                f"texts[{index}] is {type(item).__name__} ({item!r:.60}), not str; "
+                f"{name}[{index}] is {type(item).__name__} ({item!r:.60}), not str; "
                 "every input must be a string (use '' for an empty text)"
             )
     return items

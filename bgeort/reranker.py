@@ -80,7 +80,7 @@ class Reranker:
         """Documents sorted by score, best first (ties keep input order), at most `top_k` of them."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
-        documents = check_texts(documents)
+        documents = check_texts(documents, "documents")
         if top_k is not None:
             positive("top_k", top_k)
         scores = self._score([(query, document) for document in documents], normalize=normalize, **options)

@@ -109,23 +109,29 @@ class TextTokenizer:
     def encode(self, inputs: list, *, max_length: int | None = None) -> Encoded:
         """Encode texts, or (text, text) tuples for pair models, truncating at max_length."""
         length = self.max_length if max_length is None else max_length
-        tokenizer = self._for_length(length)
-        limit = PREFIX_CHARS_PER_TOKEN * length
+        encodings = self._encode_batch(self._for_length(length), inputs, tokens=length, add_special_tokens=True)
+        return _collect(encodings, [bool(e.overflowing) for e in encodings])
+
+    def _encode_batch(self, tokenizer: Tokenizer, inputs: list, *, tokens: int, add_special_tokens: bool,
+                      what: str = "texts[{}]") -> list:
+        """tokenizer.encode_batch(inputs), reading a text past PREFIX_CHARS_PER_TOKEN * `tokens` characters
+        from a prefix when that prefix alone gives more than `tokens` tokens (the rest cannot change them)."""
+        limit = PREFIX_CHARS_PER_TOKEN * tokens
         cuts = {}
         if self._prefixes and inputs and isinstance(inputs[0], str) and max(map(len, inputs)) > limit:
             cuts = {i: prefix for i, text in enumerate(inputs) if len(text) > limit
                     and (prefix := _prefix(text, limit)) is not None}
-        if not cuts:
-            encodings = tokenizer.encode_batch(inputs, add_special_tokens=True)
-        else:
-            shortened = list(inputs)
-            for i, prefix in cuts.items():
-                shortened[i] = prefix
-            encodings = tokenizer.encode_batch(shortened, add_special_tokens=True)
-            fitted = [i for i in cuts if not encodings[i].overflowing]  # the prefix fit: the text decides
-            for i, encoding in zip(fitted, tokenizer.encode_batch([inputs[i] for i in fitted], add_special_tokens=True)):
+        shortened = list(inputs)
+        for i, prefix in cuts.items():
+            shortened[i] = prefix
+        encodings = _encode_checked(tokenizer, shortened, add_special_tokens, what)
+        # the prefix fit: the whole text decides
+        fitted = [i for i in cuts if not encodings[i].overflowing and len(encodings[i].ids) <= tokens]
+        if fitted:
+            redone = _encode_checked(tokenizer, [inputs[i] for i in fitted], add_special_tokens, what)
+            for i, encoding in zip(fitted, redone):
                 encodings[i] = encoding
-        return _collect(encodings, [bool(e.overflowing) for e in encodings])
+        return encodings
 
     def encode_pairs(self, queries: list[str], passages: list[str], *, max_length: int | None = None,
                      windows: bool = False) -> tuple[Encoded, np.ndarray]:
@@ -138,8 +144,13 @@ class TextTokenizer:
         """
         length = self.max_length if max_length is None else max_length
         specials = self._untruncated.num_special_tokens_to_add(is_pair=True)
-        query_encodings = self._for_length(length * 3 // 4).encode_batch(queries, add_special_tokens=False)
-        passage_encodings = self._untruncated.encode_batch(passages, add_special_tokens=False)
+        query_encodings = self._encode_batch(self._for_length(length * 3 // 4), queries, tokens=length * 3 // 4,
+                                             add_special_tokens=False, what="pairs[{}][0]")
+        if windows:  # every window is scored: the whole passage is read
+            passage_encodings = _encode_checked(self._untruncated, passages, False, "pairs[{}][1]")
+        else:  # only its first `room` tokens are (room < length)
+            passage_encodings = self._encode_batch(self._untruncated, passages, tokens=length,
+                                                   add_special_tokens=False, what="pairs[{}][1]")
         pair_tokenizer = self._for_length(length, "only_second")
         rows, truncated, owners = [], [], []
         for index, (query, passage) in enumerate(zip(query_encodings, passage_encodings)):
@@ -160,7 +171,7 @@ class TextTokenizer:
 
     def count_tokens(self, inputs: list) -> np.ndarray:
         """Tokens per input with no truncation at all, special tokens included."""
-        encodings = self._untruncated.encode_batch(inputs, add_special_tokens=True)
+        encodings = _encode_checked(self._untruncated, inputs, True, "texts[{}]")
         return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
 
     def pad(self, encoded: Encoded, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -174,6 +185,24 @@ class TextTokenizer:
         return {"input_ids": np.where(mask, encoded.flat_ids[positions], self.pad_id),
                 "attention_mask": mask.astype(np.int64),
                 "token_type_ids": np.where(mask, encoded.flat_type_ids[positions], 0)}
+
+
+def _encode_checked(tokenizer: Tokenizer, inputs: list, add_special_tokens: bool, what: str) -> list:
+    """encode_batch, with a ValueError naming the input that is not valid Unicode (a lone surrogate,
+    e.g. from bytes decoded with errors='surrogateescape'), where the tokenizer raises a bare TypeError."""
+    try:
+        return tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
+    except TypeError:
+        for index, text in enumerate(inputs):
+            for part in (text,) if isinstance(text, str) else text:
+                try:
+                    part.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError(
+                        f"{what.format(index)} is not valid Unicode: character {exc.start} is a lone surrogate "
+                        f"({part[exc.start]!r}), which no tokenizer can read. Clean it first, e.g. "
+                        "text.encode('utf-8', 'replace').decode('utf-8')") from None
+        raise
 
 
 def _collect(encodings, truncated: list[bool]) -> Encoded:

@@ -154,7 +154,7 @@ def test_bad_pairs_name_the_index(bert_reranker, pairs, message):
         model.compute_score(pairs)
     with pytest.raises(TypeError, match="query must be a str"):
         model.rerank(None, ["doc"])
-    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+    with pytest.raises(TypeError, match=r"documents\[1\] is int"):
         model.rerank("q", ["doc", 1])
 
 
