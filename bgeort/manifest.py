@@ -196,6 +196,8 @@ def parse_manifest(data: object, path: Path) -> Manifest:
             raise fail(f"'{key}' is {data[key]}, expected a positive integer")
     if not data["inputs"] or not all(isinstance(name, str) for name in data["inputs"]):
         raise fail("'inputs' must be a non-empty list of input names")
+    if not _plain_name(data["tokenizer_file"]):
+        raise fail(f"'tokenizer_file' is {data['tokenizer_file']!r}, which is not a plain file name in the folder")
     if not data["variants"]:
         raise fail("'variants' is empty: the folder holds no model file")
     variants = {}
@@ -209,7 +211,7 @@ def parse_manifest(data: object, path: Path) -> Manifest:
         if given and len(given) != len(_DATA_FIELDS):
             raise fail(f"variant {precision!r} has {given} but not all of {list(_DATA_FIELDS)}")
         for name in (entry["file"], entry.get("data_file")):
-            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+            if name is not None and not _plain_name(name):
                 raise fail(f"variant {precision!r} names {name!r}, which is not a plain file name in the folder")
         if entry.get("data_file") == entry["file"]:
             raise fail(f"variant {precision!r} names {entry['file']!r} as both its graph and its data file")
@@ -229,6 +231,11 @@ def parse_manifest(data: object, path: Path) -> Manifest:
     fields["inputs"] = tuple(data["inputs"])
     fields["variants"] = variants
     return Manifest(**fields)
+
+
+def _plain_name(name: str) -> bool:
+    """A file directly in the folder: nothing is read from outside it (a symlink in it is fine: its sha256 is checked)."""
+    return Path(name).name == name and name not in ("", ".", "..") and "\\" not in name
 
 
 def _check_keys(data: dict, schema: dict, what: str, fail, optional: dict | None = None) -> None:

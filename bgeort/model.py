@@ -95,6 +95,8 @@ class OpenModel:
     spinning: bool = True
     side_by_side: bool = True
     pipelined: bool = False  # tokenize the next texts while this slice runs (encode_and_run)
+    files: tuple = ()  # the graph and its data file, as opened
+    identity: tuple = ()  # their (device, inode, size, mtime) then: a re-export replaces them (_side_by_side)
     _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
     _release: object = None  # onnxruntime.RunOptions, made on first use
 
@@ -116,7 +118,10 @@ class OpenModel:
             )
         tokenizer_path = path / manifest.tokenizer_file
         _check_file(tokenizer_path, manifest.tokenizer_sha256, verify, hint)
-        tokenizer = TextTokenizer(tokenizer_path, max_length=manifest.max_length)
+        try:
+            tokenizer = TextTokenizer(tokenizer_path, max_length=manifest.max_length)
+        except ModelFolderError as exc:
+            raise ModelFolderError(f"{exc}. Rebuild the folder with: {hint}") from None
         import_onnxruntime()  # a missing or broken install is reported before anything else
         errors = []
         for choice in choose_providers(device, available_providers()):
@@ -131,6 +136,7 @@ class OpenModel:
                 file = files[0][0]
                 # The hash runs beside the session's creation (hashlib releases the GIL); it is
                 # checked first on every path, so a corrupt file is reported as corrupt.
+                identity = _identity(f for f, _ in files)
                 hashing = _HASHER.submit(_check_files, files, verify, hint)
                 exact_int8 = _needs_exact_kernels(variant)
                 try:
@@ -152,11 +158,13 @@ class OpenModel:
                     warnings.warn(f"bgeort: running on {choice.device}: {errors[-1]}", RuntimeWarning, stacklevel=3)
                 if side_by_side is None:
                     side_by_side = resident_bytes(variant, name, choice.device) <= SIDE_SESSION_MAX_BYTES
+                output = variant.output or manifest.output
                 return cls(path, manifest, tokenizer, session, name, choice.device,
-                           _model_inputs(session, manifest), variant.output or manifest.output,
+                           _model_inputs(session, manifest, output, file, hint), output,
                            threads=default_threads() if threads is None else threads, file=file, choice=choice,
                            exact_int8=exact_int8, spinning=spinning, side_by_side=side_by_side,
-                           pipelined=choice.device != "cpu")
+                           pipelined=choice.device != "cpu", files=tuple(f for f, _ in files),
+                           identity=identity)
         if len(errors) == 1 and isinstance(errors[0], DeviceError):
             raise errors[0]
         raise BgeortError(f"no variant of {path} could be opened on device={device!r}: " +
@@ -205,9 +213,10 @@ class OpenModel:
         batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
         fits = [len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS for b in batches]
         release = None if all(fits) else self._release_after()  # small runs reuse a small arena
-        if self.device == "cpu" and self.threads > 1 and self.side_by_side:
-            if sum(fits) > 1:
-                session, executor = self._side_by_side()
+        if self.device == "cpu" and self.threads > 1 and self.side_by_side and sum(fits) > 1:
+            side = self._side_by_side()
+            if side is not None:
+                session, executor = side
                 for done in [executor.submit(run, b, session) for b, fit in zip(batches, fits) if fit]:
                     done.result()
                 batches = [b for b, fit in zip(batches, fits) if not fit]
@@ -234,7 +243,16 @@ class OpenModel:
         return self._release
 
     def _side_by_side(self):
+        """The side session and its executor, opened on first use; None when the folder's files were
+        replaced since the main session opened them (a re-export): the side session would run the new ones."""
         with _SIDE_LOCK:  # callers on several threads open it once
+            if self._side is None and self.side_by_side and _identity(self.files) != self.identity:
+                self.side_by_side = False
+                warnings.warn(f"bgeort: {self.path} was replaced after it was opened; this model keeps running "
+                              "the files it opened, without its side-by-side session. Open it again to use "
+                              "the new files", RuntimeWarning, stacklevel=5)
+            if not self.side_by_side:
+                return None
             if self._side is None:
                 # memory patterns on: two sessions allocating side by side without them ran short
                 # texts ~20% slower (bge-small shape int8), and small batches keep the patterns small
@@ -242,6 +260,18 @@ class OpenModel:
                                        exact_int8=self.exact_int8, memory_patterns=True)
                 self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
+
+
+def _identity(files) -> tuple:
+    identity = []
+    for file in files:
+        try:
+            stat = os.stat(file)
+        except OSError:
+            identity.append(None)
+        else:
+            identity.append((stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(identity)
 
 
 def _a(noun: str) -> str:
@@ -302,11 +332,20 @@ def _needs_exact_kernels(variant) -> bool | None:
     return None if variant.weight_bits == 8 else False
 
 
-def _model_inputs(session, manifest: Manifest) -> tuple[str, ...]:
+def _model_inputs(session, manifest: Manifest, output: str, file: Path, hint: str) -> tuple[str, ...]:
+    """The graph's input names, once its inputs and the output bgeort reads agree with the manifest."""
     names = tuple(node.name for node in session.get_inputs())
     unknown = [name for name in names if name not in ("input_ids", "attention_mask", "token_type_ids")]
     if unknown:
         raise ModelFolderError(f"the ONNX graph asks for inputs {unknown} that bgeort does not feed")
+    outputs = {node.name: node.shape for node in session.get_outputs()}
+    if output not in outputs:
+        raise ModelFolderError(f"{file} has no output {output!r}, which bgeort.json names (it has "
+                               f"{sorted(outputs)}). Rebuild the folder with: {hint}")
+    width = outputs[output][-1] if outputs[output] else None
+    if manifest.kind == "embedder" and isinstance(width, int) and width != manifest.dim:
+        raise ModelFolderError(f"{file} gives {width}-dimensional vectors, but bgeort.json says dim {manifest.dim}. "
+                               f"Rebuild the folder with: {hint}")
     return names
 
 

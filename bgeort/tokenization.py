@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from .errors import ModelFolderError
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -71,12 +73,16 @@ class TextTokenizer:
     """Encodes texts with truncation at a chosen length and no padding; pads batches on request."""
 
     def __init__(self, path: str | os.PathLike, *, max_length: int, pad_id: int | None = None):
-        with open(path, encoding="utf-8") as stream:
-            self._json = stream.read()
+        try:
+            with open(path, encoding="utf-8") as stream:
+                self._json = stream.read()
+            self._untruncated = self._make(None)
+        except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ModelFolderError(f"{path} is not a tokenizer file the tokenizers library can read "
+                                   f"({type(exc).__name__}: {exc})") from None
         self.max_length = max_length
         self._lock = threading.Lock()
         self._by_length: dict[tuple, Tokenizer] = {}
-        self._untruncated = self._make(None)
         self.pad_id = self._find_pad_id() if pad_id is None else pad_id
         self._prefixes = _splits_at_whitespace(json.loads(self._json))
 

@@ -176,6 +176,9 @@ class _FakeSession:
     def get_inputs(self):
         return [type("Input", (), {"name": name}) for name in ("input_ids", "attention_mask", "token_type_ids")]
 
+    def get_outputs(self):
+        return [type("Output", (), {"name": name, "shape": None}) for name in ("last_hidden_state", "sentence_embedding")]
+
 
 def test_cuda_sessions_keep_fp32_out_of_tf32_and_name_a_missing_gpu(tiny_model, monkeypatch):
     import onnxruntime
