@@ -6,6 +6,7 @@ SOURCE ?= BAAI/bge-small-en-v1.5
 OUT ?= models
 NAME ?=
 PYTEST_ARGS ?=
+EXPORT_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup export demo test bench bench-avx2 bench-rerank gpu-payload clean
@@ -24,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv with bgeort, the export stack and the test tools
 
 export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed (or rerank) a few examples with it
-	folder="$$($(PY) -m export $(SOURCE) --out $(OUT) $(if $(NAME),--name $(NAME)))" && $(PY) -m bgeort demo "$$folder"
+	folder="$$($(PY) -m export $(SOURCE) --out $(OUT) $(if $(NAME),--name $(NAME)) $(EXPORT_ARGS))" && $(PY) -m bgeort demo "$$folder"
 
 test: setup  ## run the test suite (exports tiny models and the real MiniLM from ../shared)
 	$(PY) -m pytest $(PYTEST_ARGS)

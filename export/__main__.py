@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(faster, see export/int8.py) but further from fp32, and values past the "
                              "calibrated range saturate; layernorm-static: static for LayerNorm outputs only "
                              "(the Q/K/V and FFN inputs), per token for the rest: in between")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a source that ships its own model code (config.json auto_map) run it; refused "
+                             "without this flag")
     args = parser.parse_args(argv)
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     unknown = set(precisions) - {"fp32", "int8", "fp16"}
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_model(args.source, out=args.out, name=args.name, family=args.family, pooling=args.pooling,
                               max_length=args.max_length, opset=args.opset, precisions=precisions,
                               revision=args.revision, int8_weight_bits=args.int8_weight_bits,
-                              int8_activations=args.int8_activations)
+                              int8_activations=args.int8_activations, trust_remote_code=args.trust_remote_code)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,10 @@ when complete, so an interrupted export never leaves a folder that looks valid.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import fcntl
 import json
 import multiprocessing
 import os
@@ -57,6 +60,7 @@ class Settings:
     query_instruction: str
     passage_instruction: str
     resolved_from: dict
+    trust_remote_code: bool = False  # pass it to transformers and optimum (check_remote_code says when)
 
 
 def log(message: str) -> None:
@@ -121,17 +125,20 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
                  family: str | None = None, pooling: str | None = None, max_length: int | None = None,
                  opset: int | None = None, precisions=("fp32", "int8", "fp16"), revision: str | None = None,
                  int8_weight_bits: int = int8.WEIGHT_BITS, int8_activations: str = "token",
-                 separate_stages: bool | None = None) -> Path:
+                 separate_stages: bool | None = None, trust_remote_code: bool = False) -> Path:
     """Export `source` and return the path of the finished model folder.
 
     `separate_stages`: run each memory-heavy stage in a process of its own (default: when the source's
-    weights pass SEPARATE_STAGES_BYTES)."""
+    weights pass SEPARATE_STAGES_BYTES). `trust_remote_code`: let a source that ships its own model
+    code run it (refused otherwise: check_remote_code)."""
     int8.check_options(int8_weight_bits, int8_activations)  # before the long part
     resolved = resolve_source(source, revision=revision)
     config = json.loads((resolved.folder / "config.json").read_text(encoding="utf-8"))
+    check_remote_code(source, config, trust_remote_code)
     row = find_family(source, family)
     facts = read_folder_facts(resolved.root, resolved.folder, config)
     settings = resolve_settings(source, config, facts, row, name=name, pooling=pooling, max_length=max_length)
+    settings = dataclasses.replace(settings, trust_remote_code=trust_remote_code)
     supported = KINDS[settings.kind]["model_types"]
     if config.get("model_type") not in supported:
         raise ExportError(f"{source} is a {config.get('model_type')!r} model; the {settings.kind} export supports "
@@ -143,14 +150,16 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     out.mkdir(parents=True, exist_ok=True)
     if separate_stages is None:
         separate_stages = _weights_bytes(resolved.folder) > SEPARATE_STAGES_BYTES
-    staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.partial-", dir=out))
+    remove_stale_folders(out, settings.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.partial-{os.getpid()}-", dir=out))
     try:
         manifest = _build(resolved, config, settings, staging, opset=opset, precisions=precisions,
                           int8_weight_bits=int8_weight_bits, int8_activations=int8_activations,
                           stage=StageRunner(separate_stages))
         dump_manifest(manifest, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the model folder is not
-        return _move_into_place(staging, out / settings.name)
+        with _locked(out / f".{settings.name}.lock"):  # two exports to one name: each swaps a whole folder in
+            return _move_into_place(staging, out / settings.name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -182,11 +191,12 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
            int8_weight_bits: int = int8.WEIGHT_BITS, int8_activations: str = "token",
            stage: StageRunner = StageRunner(False)) -> Manifest:
     layers, heads, hidden = config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"]
-    _write_tokenizer(resolved.folder, staging / "tokenizer.json")
+    _write_tokenizer(resolved.folder, staging / "tokenizer.json", trust_remote_code=settings.trust_remote_code)
 
     log("exporting the ONNX graph with optimum")
     plain = staging / FILES["fp32-unfused"]
-    used_opset = stage(stages.export_onnx, resolved.folder, plain, task=KINDS[settings.kind]["task"], opset=opset)
+    used_opset = stage(stages.export_onnx, resolved.folder, plain, task=KINDS[settings.kind]["task"], opset=opset,
+                       trust_remote_code=settings.trust_remote_code)
     built = {"fp32-unfused": {}}
     if precisions:  # int8 and fp16 are made from the fused graph
         log("fusing for ONNX Runtime")
@@ -228,13 +238,15 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
     if settings.kind == "reranker":
         probes = verify.probe_pairs(settings.max_length)
         log(f"computing the PyTorch reference on {len(probes)} probe pairs")
-        reference = stage(verify.torch_reranker_reference, resolved.folder, probes, max_length=settings.max_length)
+        reference = stage(verify.torch_reranker_reference, resolved.folder, probes, max_length=settings.max_length,
+                          trust_remote_code=settings.trust_remote_code)
         check = verify.check_reranker_variant
     else:
         probes = verify.probe_texts(settings.max_length)
         log(f"computing the PyTorch reference on {len(probes)} probe texts")
         reference = stage(verify.torch_reference, resolved.folder, probes, pooling=settings.pooling,
-                          normalize=settings.normalize, max_length=settings.max_length)
+                          normalize=settings.normalize, max_length=settings.max_length,
+                          trust_remote_code=settings.trust_remote_code)
         check = verify.check_variant
     checked = {}
     for precision, extra in built.items():
@@ -297,12 +309,12 @@ def _manifest(resolved, config, settings: Settings, staging: Path, variants: dic
     )
 
 
-def _write_tokenizer(model_folder: Path, out_file: Path) -> None:
+def _write_tokenizer(model_folder: Path, out_file: Path, *, trust_remote_code: bool = False) -> None:
     """The source's fast tokenizer as tokenizer.json with its padding and truncation cleared: the
     runtime sets those from the manifest, and other tools reading the file must not inherit them."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_folder), use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder), use_fast=True, trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
         raise ExportError(f"{model_folder} has no fast (Rust) tokenizer; bgeort needs tokenizer.json")
     data = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -343,12 +355,56 @@ def _versions() -> dict:
     return versions
 
 
+def check_remote_code(source: str, config: dict, trusted: bool) -> None:
+    """Refuse a source whose config asks to run its own model code (`auto_map`), unless trusted: that
+    code would run here with the user's rights, and the graph would be traced from it."""
+    custom = config.get("auto_map")
+    if custom and not trusted:
+        raise ExportError(
+            f"{source} ships its own model code (config.json auto_map: {json.dumps(custom)[:200]}), which "
+            "transformers would run in this process. Export it only if you trust that code: "
+            "python -m export SOURCE --trust-remote-code (make export SOURCE=... EXPORT_ARGS=--trust-remote-code)")
+
+
+def remove_stale_folders(out: Path, name: str) -> list[Path]:
+    """Remove the staging and swap folders (.NAME.partial-PID-*, .NAME.old-PID-*) that an export killed
+    before its cleanup left behind: those whose process is gone."""
+    removed = []
+    for path in out.glob(f".{name}.*-*"):
+        kind, _, rest = path.name[len(name) + 2:].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("partial", "old") and path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _move_into_place(staging: Path, target: Path) -> Path:
     """Swap the finished folder in. At the target there is only ever a complete folder (old or new,
     or for an instant none); the old one is removed only after the new one is in place."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
         os.rmdir(old)
         os.rename(target, old)
     os.rename(staging, target)

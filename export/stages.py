@@ -21,7 +21,8 @@ from .source import ExportError
 logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
 
 
-def export_onnx(model_folder: Path, out_file: Path, *, task: str, opset: int | None) -> int:
+def export_onnx(model_folder: Path, out_file: Path, *, task: str, opset: int | None,
+                trust_remote_code: bool = False) -> int:
     """The plain ONNX graph of a transformers folder through optimum's exporter. Returns the opset."""
     import onnx
     from optimum.exporters.onnx import main_export
@@ -29,7 +30,7 @@ def export_onnx(model_folder: Path, out_file: Path, *, task: str, opset: int | N
     # Beside the output, not in /tmp: a large model's weights pass through here (2.2 GB for 568M).
     with tempfile.TemporaryDirectory(prefix=".bgeort-optimum-", dir=Path(out_file).parent) as tmp:
         main_export(str(model_folder), output=tmp, task=task, opset=opset, device="cpu",
-                    do_validation=False, library_name="transformers")
+                    do_validation=False, library_name="transformers", trust_remote_code=trust_remote_code)
         produced = Path(tmp) / "model.onnx"
         if not produced.is_file():
             raise ExportError(f"optimum did not write model.onnx for {model_folder}")

@@ -52,14 +52,14 @@ class Reference:
 
 
 def torch_reference(model_folder: Path, texts: list[str], *, pooling: str, normalize: bool,
-                    max_length: int) -> Reference:
+                    max_length: int, trust_remote_code: bool = False) -> Reference:
     """Vectors from transformers + PyTorch fp32, one text at a time (no padding at all)."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
-    model = AutoModel.from_pretrained(str(model_folder), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder), trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(str(model_folder), dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
     rows = []
     with torch.inference_mode():
         for text in texts:
@@ -171,15 +171,16 @@ def probe_pairs(max_length: int) -> list[tuple[str, str]]:
     return pairs + [(_QUERIES[0], long_text), (long_text, _PASSAGES[1]), (long_text, long_text)]
 
 
-def torch_reranker_reference(model_folder: Path, pairs, *, max_length: int) -> Reference:
+def torch_reranker_reference(model_folder: Path, pairs, *, max_length: int, trust_remote_code: bool = False) -> Reference:
     """Logits from transformers + PyTorch fp32, tokenized as FlagEmbedding's FlagReranker does:
     the query cut to 3/4 of max_length, then the pair cut 'only_second' to max_length."""
     import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_folder), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder), trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_folder), dtype=torch.float32,
+                                                               trust_remote_code=trust_remote_code).eval()
     logits = []
     with torch.inference_mode():
         for query, passage in pairs:
