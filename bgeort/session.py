@@ -108,11 +108,64 @@ def _cuda_choice(index: int) -> ProviderChoice:
 
 
 def default_threads() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    """Cores this process may use: its CPU affinity (taskset, cpuset), capped by a cgroup CPU quota
+    (docker --cpus, Kubernetes limits), unlike os.cpu_count."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", own: str | None = None) -> int | None:
+    """Whole cores allowed by this process's cgroup CPU quota (rounded up), or None without a quota.
+    cgroup v2's cpu.max ("QUOTA PERIOD" or "max PERIOD"), else v1's cpu.cfs_quota_us / cpu.cfs_period_us;
+    `own` is /proc/self/cgroup's text (read when None)."""
+    v2, v1 = _own_cgroups(_read("/proc/self/cgroup") or "" if own is None else own)
+    for folder in dict.fromkeys([f"{root}{v2}" if v2 else None, root]):
+        text = folder and _read(f"{folder}/cpu.max")
+        if text:
+            quota, _, period = text.strip().partition(" ")
+            return quota_cores(quota, period)
+    for base in (f"{root}/cpu", f"{root}/cpu,cpuacct"):
+        for folder in dict.fromkeys([f"{base}{v1}" if v1 else None, base]):
+            quota, period = folder and _read(f"{folder}/cpu.cfs_quota_us"), folder and _read(f"{folder}/cpu.cfs_period_us")
+            if quota and period:
+                return quota_cores(quota.strip(), period.strip())
+    return None
+
+
+def quota_cores(quota: str, period: str) -> int | None:
+    """ceil(quota / period) cores; None for no quota ('max', -1) or values that are not numbers."""
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, -(-quota_us // period_us))
+
+
+def _own_cgroups(text: str) -> tuple[str | None, str | None]:
+    """(cgroup v2 path, v1 cpu controller path) from /proc/self/cgroup text; '/' becomes ''."""
+    v2 = v1 = None
+    for line in text.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            v2 = path.rstrip("/")
+        elif "cpu" in controllers.split(","):
+            v1 = path.rstrip("/")
+    return v2, v1
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def cpu_flags(cpuinfo: str) -> set[str] | None:
