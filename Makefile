@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 EXPORT_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup export demo test bench bench-avx2 bench-rerank gpu-payload clean
+.PHONY: help setup export demo test bench bench-avx2 bench-rerank soak gpu-payload clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-avx2: $(VENV)/.bench-installed  ## the CPU benchmark with cpuid hiding AVX
 
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~15 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)
+
+soak: setup  ## 16 threads hammering one Embedder and one Reranker, every result checked -> bench/results/soak.md (~6 min; BENCH_ARGS=--quick)
+	$(PY) bench/soak.py $(BENCH_ARGS)
 
 gpu-payload: setup  ## what bench/gpu.py runs on a lent GPU: exports, PyTorch references, onnxruntime-gpu, in 60 MiB parts -> .gpu-parts/
 	bash ../shared/gpu/prepare-ort-gpu.sh

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+MINILM_DIR = DATA.parent / "models" / "all-MiniLM-L6-v2"
 STSB_TEST = DATA / "stsb" / "stsb-en-test.csv"
 SCIFACT = DATA / "scifact" / "corpus.jsonl.gz"
 
