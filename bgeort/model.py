@@ -99,6 +99,7 @@ class OpenModel:
     identity: tuple = ()  # their (device, inode, size, mtime) then: a re-export replaces them (_side_by_side)
     _side: object = None  # (single-threaded session, executor) once side-by-side runs are used
     _release: object = None  # onnxruntime.RunOptions, made on first use
+    _split_warned: bool = False
 
     @classmethod
     def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
@@ -204,10 +205,19 @@ class OpenModel:
         def run(indices: np.ndarray, session, options=None) -> None:
             arrays = self.tokenizer.pad(encoded, indices)
             feed = {name: arrays[name] for name in self.input_names}
-            if self.device == "cpu":
-                (result,) = session.run([self.output_name], feed, options)
-            else:
-                result = run_bound(session, feed, self.output_name, self.device)
+            try:
+                if self.device == "cpu":
+                    (result,) = session.run([self.output_name], feed, options)
+                else:
+                    result = run_bound(session, feed, self.output_name, self.device)
+            except Exception as exc:  # onnxruntime raises its own types
+                if len(indices) == 1 or not out_of_memory(exc):
+                    raise
+                self._warn_split(len(indices), exc)  # the batch did not fit: its halves may
+                half = len(indices) // 2
+                run(indices[:half], session, options)
+                run(indices[half:], session, options)
+                return
             out[indices] = reduce(result, arrays)
 
         batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
@@ -227,6 +237,13 @@ class OpenModel:
         if release is not None:
             trim_heap()
         return out
+
+    def _warn_split(self, rows: int, exc: Exception) -> None:
+        if not self._split_warned:
+            self._split_warned = True
+            warnings.warn(f"bgeort: a batch of {rows} inputs ran out of memory on {self.device} and runs in halves "
+                          f"({str(exc).splitlines()[0][:160]}); a smaller max_batch_tokens avoids the retries",
+                          RuntimeWarning, stacklevel=6)
 
     def _release_after(self):
         """Run options that shrink the CPU arena when the run ends: onnxruntime otherwise keeps every
@@ -260,6 +277,16 @@ class OpenModel:
                                        exact_int8=self.exact_int8, memory_patterns=True)
                 self._side = (session, ThreadPoolExecutor(self.threads, thread_name_prefix="bgeort-run"))
         return self._side
+
+
+# What onnxruntime's CPU and CUDA allocators say when a run does not fit in memory.
+_OUT_OF_MEMORY = ("failed to allocate memory", "is smaller than requested bytes", "out of memory", "bad_alloc",
+                  "alloc_failed")
+
+
+def out_of_memory(exc: Exception) -> bool:
+    message = str(exc).lower()
+    return any(words in message for words in _OUT_OF_MEMORY)
 
 
 def _identity(files) -> tuple:

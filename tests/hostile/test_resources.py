@@ -111,3 +111,36 @@ def test_ctrl_c_during_encode_returns_promptly_and_leaves_the_model_usable(tiny_
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("interrupted") and lines[-1] == "usable", done.stdout
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_not_failed(tiny_model):
+    """onnxruntime's CPU arena capped at 8 MB (an env allocator, as a constrained host would have): a
+    batch of 256 max-length texts does not fit, its halves do; the vectors are the ones they get alone."""
+    done = run_python(f"""
+        import warnings
+        import numpy as np
+        import onnxruntime as ort
+        import bgeort, bgeort.session
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(8 * 2**20, -1, -1, -1))
+        plain = bgeort.session.session_options
+        def capped(*args, **kwargs):
+            options = plain(*args, **kwargs)
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            return options
+        bgeort.session.session_options = capped
+        model = bgeort.Embedder({str(tiny_model)!r}, precision="fp32", threads=1, batch_size=256,
+                                max_batch_tokens=256 * 64)
+        words = ["guitar", "piano", "cat", "dog", "house", "car", "red", "blue"]
+        texts = [" ".join(words[i % 8:] + words[:i % 8]) * 10 for i in range(256)]  # all past max_length 64
+        assert (model.token_counts(texts) > 64).all()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            vectors = model.encode(texts)
+            alone = np.stack([model.encode([text])[0] for text in texts])
+        split = [str(w.message) for w in seen if "ran out of memory" in str(w.message)]
+        print(len(split), float(np.abs(vectors - alone).max()))
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warned, diff = done.stdout.split()
+    assert warned == "1" and float(diff) < 1e-5, done.stdout
