@@ -158,7 +158,7 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
                           stage=StageRunner(separate_stages))
         dump_manifest(manifest, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the model folder is not
-        with _locked(out / f".{settings.name}.lock"):  # two exports to one name: each swaps a whole folder in
+        with _locked(out):  # two exports to one name: each swaps a whole folder in
             return _move_into_place(staging, out / settings.name)
     finally:
         if staging.exists():
@@ -390,13 +390,14 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(folder: Path):
+    """An exclusive lock on the folder itself (flock on its descriptor): no lock file is left behind."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _move_into_place(staging: Path, target: Path) -> Path:
