@@ -311,15 +311,10 @@ class AsyncEmbedder(_AsyncModel):
         """Vectors (N, dim) with the tokens each text ran with; `instruction` 'query' prepends the
         model's query instruction, 'passage' its passage instruction (if any), 'none' nothing."""
         items = check_texts([texts] if isinstance(texts, str) else texts)
-        if instruction not in INSTRUCTIONS:
-            raise ValueError(f"instruction must be one of {INSTRUCTIONS}, got {instruction!r}")
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True, False or None (the model's setting), got {normalize!r}")
         length = self.model._resolve_max_length(max_length)
-        prefix = {"none": "", "query": self.model.query_instruction,
-                  "passage": self.model.manifest.passage_instruction or ""}[instruction]
-        if prefix:
-            items = [prefix + text for text in items]
+        items = self._instructed(items, instruction)
         if not items:
             return Embedded(np.zeros((0, self.model.dim), dtype=np.float32), np.zeros(0, dtype=np.int64),
                             np.zeros(0, dtype=bool))
@@ -343,9 +338,17 @@ class AsyncEmbedder(_AsyncModel):
         vectors = (await self.embed(corpus, instruction="passage", **options)).vectors
         return vectors[0] if isinstance(corpus, str) else vectors
 
-    async def token_counts(self, texts) -> np.ndarray:
-        """Tokens per text before truncation (tokenized on the inference thread, not the event loop)."""
-        items = check_texts([texts] if isinstance(texts, str) else texts)
+    def _instructed(self, items: list[str], instruction: str) -> list[str]:
+        if instruction not in INSTRUCTIONS:
+            raise ValueError(f"instruction must be one of {INSTRUCTIONS}, got {instruction!r}")
+        prefix = {"none": "", "query": self.model.query_instruction,
+                  "passage": self.model.manifest.passage_instruction or ""}[instruction]
+        return [prefix + text for text in items] if prefix else items
+
+    async def token_counts(self, texts, *, instruction: str = "none") -> np.ndarray:
+        """Tokens per text before truncation, with the instruction as `embed` would prepend it
+        (tokenized on the inference thread, not the event loop)."""
+        items = self._instructed(check_texts([texts] if isinstance(texts, str) else texts), instruction)
         return await asyncio.get_running_loop().run_in_executor(self.runner.executor, self.model.token_counts, items)
 
 
