@@ -21,9 +21,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import BgeortError, QueueFullError
-from . import schemas
 from .metrics import Metrics
-from .schemas import ApiError
+from .schemas import ApiError, embed_request, embeddings_request, rerank_request
 
 LOG = logging.getLogger("bgeort.server")
 DEFAULT_MAX_INPUTS = 2048  # OpenAI's own limit per embeddings request
@@ -231,7 +230,7 @@ async def metrics(service: Service, request: Request) -> Response:
 
 async def embeddings(service: Service, request: Request) -> Response:
     model = need(service.embedder, "embedder", "an embedder folder as MODEL_DIR")
-    body = schemas.embeddings_request(await read_json(service, request), dim=model.model.dim,
+    body = embeddings_request(await read_json(service, request), dim=model.model.dim,
                                       max_inputs=service.max_inputs)
     result = await unless_gone(request, model.embed(body.texts, instruction=body.instruction))
     if body.base64:  # what the openai client asks for by default and decodes as little-endian float32
@@ -247,7 +246,7 @@ async def embeddings(service: Service, request: Request) -> Response:
 
 async def embed(service: Service, request: Request) -> Response:
     model = need(service.embedder, "embedder", "an embedder folder as MODEL_DIR")
-    body = schemas.embed_request(await read_json(service, request), max_inputs=service.max_inputs)
+    body = embed_request(await read_json(service, request), max_inputs=service.max_inputs)
     if not body.truncate:
         counts = await unless_gone(request, model.token_counts(body.texts, instruction=body.instruction))
         limit = model.model.max_length
@@ -266,7 +265,7 @@ async def embed(service: Service, request: Request) -> Response:
 
 async def rerank(service: Service, request: Request) -> Response:
     model = need(service.reranker, "reranker", "--reranker DIR")
-    body = schemas.rerank_request(await read_json(service, request), max_inputs=service.max_inputs)
+    body = rerank_request(await read_json(service, request), max_inputs=service.max_inputs)
     ranking, scored = await unless_gone(request, model.rerank_counted(body.query, body.documents, top_k=body.top_n,
                                                                       normalize=not body.raw_scores))
     results = []
