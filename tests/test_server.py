@@ -329,3 +329,31 @@ def test_full_queue_is_429_and_a_gone_client_drops_its_work(gated, embedder):
     assert stats.texts == 3  # the gone client's text never ran
     until(lambda: metric(url, "bgeort_requests_total", route="/v1/embeddings", status="499") == 1)
     assert metric(url, "bgeort_requests_total", route="/v1/embeddings", status="429") == 2
+
+
+def test_a_reranker_folder_alone_and_no_key(bert_reranker, reranker):
+    process = subprocess.Popen([sys.executable, "-m", "bgeort", "serve", str(bert_reranker), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "BGEORT_API_KEY"})
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True)
+    reader.start()
+    try:
+        url = wait_for_url(lines, process)
+        got = httpx.post(url + "/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60).json()
+        assert [r["index"] for r in got["results"]] == reranker.rerank(QUERY, DOCUMENTS).indices.tolist()
+        missing = httpx.post(url + "/v1/embeddings", json={"input": "hi"}, timeout=60)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_loaded"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+    assert "reranker: " in "".join(lines.queue) and "embedder: " not in "".join(lines.queue)
+
+
+def test_without_the_serve_extra_the_error_names_the_pip_line(tiny_model):
+    script = ("import sys; sys.modules['starlette'] = None\n"  # as if starlette were not installed
+              f"from bgeort.cli import main; sys.exit(main(['serve', {str(tiny_model)!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "pip install 'bgeort[serve]'" in done.stderr and "Traceback" not in done.stderr

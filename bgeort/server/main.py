@@ -6,9 +6,7 @@ import sys
 import warnings
 
 from ..aio import DEFAULT_MAX_BATCH_TEXTS, DEFAULT_MAX_QUEUE, AsyncEmbedder, AsyncReranker, InferenceThread
-from ..embedder import Embedder
 from ..errors import TruncationWarning
-from ..reranker import Reranker
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INPUTS, Service, create_app
 
 WARM_UP = ["warm up", "a few short sentences so that every session and arena is allocated before /health"] * 32
@@ -23,16 +21,12 @@ def open_service(*, embedder: str | None, reranker: str | None, api_key: str | N
     runner = InferenceThread() if runner is None else runner
     queue = dict(max_queue=max_queue, max_batch_texts=max_batch_texts, runner=runner)
     async_embedder = async_reranker = None
-    if embedder is not None:
-        model = Embedder(embedder, **options)
-        model.encode(WARM_UP)
-        async_embedder = AsyncEmbedder(model, **queue)
-        async_embedder._owns_model = True  # the service closes what it opened
+    if embedder is not None:  # the async models open the folders, so they close them
+        async_embedder = AsyncEmbedder(embedder, **queue, **options)
+        async_embedder.model.encode(WARM_UP)
     if reranker is not None:
-        model = Reranker(reranker, **options)
-        model.compute_score([(text, text) for text in WARM_UP])
-        async_reranker = AsyncReranker(model, **queue)
-        async_reranker._owns_model = True
+        async_reranker = AsyncReranker(reranker, **queue, **options)
+        async_reranker.model.compute_score([(text, text) for text in WARM_UP])
     return Service(embedder=async_embedder, reranker=async_reranker, runner=runner, api_key=api_key,
                    max_inputs=max_inputs, max_body_bytes=max_body_bytes)
 
