@@ -139,7 +139,8 @@ class _BatchQueue:
                 f"the {self._name}'s queue holds {self.stats.queued_texts} texts and takes at most "
                 f"{self.max_queue} (max_queue); retry later", retry_after=self._retry_after())
         loop = asyncio.get_running_loop()
-        if self._worker is None:
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # a worker per event loop: after asyncio.run() ends, the next one needs its own
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._work())
         request = _Request(items, key, loop.create_future(), time.perf_counter())
@@ -232,7 +233,7 @@ class _BatchQueue:
 
     async def close(self) -> None:
         self.closed = True
-        if self._worker is not None:
+        if self._worker is not None and self._worker.get_loop() is asyncio.get_running_loop():
             self._worker.cancel()
             try:
                 await self._worker

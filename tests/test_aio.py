@@ -213,3 +213,11 @@ def test_close_leaves_no_threads(tiny_model, bert_reranker):
     assert set(threading.enumerate()) == before
     with pytest.raises(bgeort.BgeortError, match="closed"):
         model.encode(["after close"])
+
+
+def test_one_model_serves_one_event_loop_after_another(tiny_model):
+    model = bgeort.AsyncEmbedder(tiny_model)
+    first = asyncio.run(asyncio.wait_for(model.encode(SENTENCES[:2]), 30))
+    second = asyncio.run(asyncio.wait_for(model.encode(SENTENCES[:2]), 30))  # a new loop, a new worker
+    asyncio.run(model.close())
+    assert np.array_equal(first, second) and model.stats.batches == 2
