@@ -187,6 +187,7 @@ class _BatchQueue:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+            await asyncio.sleep(0)  # handlers made ready by the last batch enqueue before the take
             group = self._take()
             if group:
                 try:
