@@ -5,8 +5,10 @@
     vectors = model.encode(["hello", "world"])      # float32 (2, 384), L2-normalized
 """
 
+from .aio import AsyncEmbedder, AsyncReranker, BatchStats, InferenceThread
 from .embedder import Embedder
-from .errors import BgeortError, DeviceError, MissingDependencyError, ModelFolderError, TruncationWarning
+from .errors import (BgeortError, DeviceError, MissingDependencyError, ModelFolderError, QueueFullError,
+                     TruncationWarning)
 from .manifest import FORMAT_VERSION, Manifest, load_manifest
 from .reranker import Ranking, Reranker
 
@@ -16,6 +18,10 @@ __all__ = [
     "Embedder",
     "Reranker",
     "Ranking",
+    "AsyncEmbedder",
+    "AsyncReranker",
+    "InferenceThread",
+    "BatchStats",
     "Manifest",
     "load_manifest",
     "FORMAT_VERSION",
@@ -23,5 +29,6 @@ __all__ = [
     "ModelFolderError",
     "DeviceError",
     "MissingDependencyError",
+    "QueueFullError",
     "TruncationWarning",
 ]

@@ -102,17 +102,33 @@ class Embedder:
         items = [texts] if isinstance(texts, str) else check_texts(texts)
         return self._model.tokenizer.count_tokens(items)
 
+    def close(self) -> None:
+        """Release the runner threads and the session; the Embedder cannot encode after this."""
+        self._model.close()
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def _embed(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
                normalize: bool | None = None) -> np.ndarray:
+        return self._embed_counted(items, batch_size=batch_size, max_length=max_length, normalize=normalize)[0]
+
+    def _embed_counted(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
+                       normalize: bool | None = None, warn: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vectors, which texts were truncated and the tokens each ran with (bgeort.aio reports
+        them per request, so it passes warn=False and warns for each request's own indices)."""
         length = self._resolve_max_length(max_length)
         if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         pooling = self.manifest.pooling
         if self._model.output_name == POOLED_OUTPUT:  # the graph pools; its rows are the vectors
             reduce = lambda pooled, arrays: pooled  # noqa: E731
         else:
             reduce = lambda hidden, arrays: pool(hidden, arrays["attention_mask"], pooling)  # noqa: E731
-        vectors, truncated = self._model.encode_and_run(
+        vectors, truncated, lengths = self._model.encode_and_run(
             items,
             lambda texts: self._model.tokenizer.encode(texts, max_length=length),
             batch_size=self.batch_size if batch_size is None else positive("batch_size", batch_size),
@@ -120,11 +136,11 @@ class Embedder:
             reduce=reduce,
             width=self.dim,
         )
-        if truncated.any():
+        if warn and truncated.any():
             warn_truncated(truncated, length)
         if self.normalize_embeddings if normalize is None else normalize:
             vectors = l2_normalize(vectors)
-        return vectors
+        return vectors, truncated, lengths
 
     def _resolve_max_length(self, max_length: int | None) -> int:
         if max_length is None:

@@ -19,3 +19,12 @@ class MissingDependencyError(BgeortError, ImportError):
 
 class TruncationWarning(UserWarning):
     """Some inputs were longer than the model's max length and were cut to it."""
+
+
+class QueueFullError(BgeortError):
+    """An async model's queue holds its maximum of texts; retry after `retry_after` seconds
+    (`bgeort serve` answers 429 with a Retry-After header)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -20,7 +20,6 @@ from .session import available_providers, choose_providers, default_threads, imp
 from .tokenization import Encoded, TextTokenizer
 
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-sha256")
 _SIDE_LOCK = threading.Lock()
 # On CPU, batches of at most this many padded tokens run side by side, one core each, on a second
 # single-threaded session; bigger ones run one at a time on all the cores. ORT splits a small GEMM
@@ -136,25 +135,29 @@ class OpenModel:
                                                f"Rebuild it with: {hint}")
                 file = files[0][0]
                 # The hash runs beside the session's creation (hashlib releases the GIL); it is
-                # checked first on every path, so a corrupt file is reported as corrupt.
+                # checked first on every path, so a corrupt file is reported as corrupt. A hasher
+                # per open, so no thread of bgeort's outlives the models (close(), issue 20).
                 identity = _identity(f for f, _ in files)
-                hashing = _HASHER.submit(_check_files, files, verify, hint)
                 exact_int8 = _needs_exact_kernels(variant)
-                try:
-                    session = open_session(str(file), choice, threads=threads, spinning=spinning,
-                                           exact_int8=exact_int8, tf32=not name.startswith("fp32"))
-                except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+                failure = None
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-sha256") as hasher:
+                    hashing = hasher.submit(_check_files, files, verify, hint)
+                    try:
+                        session = open_session(str(file), choice, threads=threads, spinning=spinning,
+                                               exact_int8=exact_int8, tf32=not name.startswith("fp32"))
+                    except Exception as exc:  # onnxruntime raises its own types for unloadable graphs
+                        failure = exc
                     hashing.result()
-                    if isinstance(exc, DeviceError):
-                        errors.append(exc)
+                if failure is not None:
+                    if isinstance(failure, DeviceError):
+                        errors.append(failure)
                         break  # this device does not work; the next choice is another device
-                    if isinstance(exc, (BgeortError, ValueError, TypeError)):
-                        raise
-                    errors.append(exc)
-                    warnings.warn(f"bgeort: could not load {file.name} ({exc}); trying the next variant",
+                    if isinstance(failure, (BgeortError, ValueError, TypeError)):
+                        raise failure
+                    errors.append(failure)
+                    warnings.warn(f"bgeort: could not load {file.name} ({failure}); trying the next variant",
                                   RuntimeWarning, stacklevel=3)
                     continue
-                hashing.result()
                 if errors and isinstance(errors[-1], DeviceError):  # device='auto' fell back to the CPU
                     warnings.warn(f"bgeort: running on {choice.device}: {errors[-1]}", RuntimeWarning, stacklevel=3)
                 if side_by_side is None:
@@ -172,16 +175,17 @@ class OpenModel:
                           "; ".join(str(exc) for exc in errors))
 
     def encode_and_run(self, items: list, encode: Callable[[list], Encoded], *, batch_size: int,
-                       max_tokens: int | None, reduce, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenize `items` with `encode` and run them (run_batches); returns the rows in input order
-        and which inputs were truncated. Pipelined models take PIPELINE_TEXTS at a time, tokenizing
+                       max_tokens: int | None, reduce, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokenize `items` with `encode` and run them (run_batches); returns the rows in input order,
+        which inputs were truncated and the tokens each one ran with. Pipelined models take PIPELINE_TEXTS at a time, tokenizing
         the next slice on a second thread while this one runs."""
         if not self.pipelined or len(items) <= PIPELINE_TEXTS:
             encoded = encode(items)
             return self.run_batches(encoded, batch_size=batch_size, max_tokens=max_tokens, reduce=reduce,
-                                    width=width), encoded.truncated
+                                    width=width), encoded.truncated, encoded.lengths
         out = np.empty((len(items), width), dtype=np.float32)
         truncated = np.empty(len(items), dtype=bool)
+        lengths = np.empty(len(items), dtype=np.int64)
         starts = range(0, len(items), PIPELINE_TEXTS)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-tokenize") as tokenizing:
             pending = tokenizing.submit(encode, items[:PIPELINE_TEXTS])
@@ -194,12 +198,15 @@ class OpenModel:
                 out[start:end] = self.run_batches(encoded, batch_size=batch_size, max_tokens=max_tokens,
                                                   reduce=reduce, width=width)
                 truncated[start:end] = encoded.truncated
-        return out, truncated
+                lengths[start:end] = encoded.lengths
+        return out, truncated, lengths
 
     def run_batches(self, encoded: Encoded, *, batch_size: int, max_tokens: int | None,
                     reduce: Callable[[np.ndarray, dict], np.ndarray], width: int) -> np.ndarray:
         """Run every input through the model, batched by length; `reduce` maps (output, feed) to
         one row of `width` values per input. Rows come back in input order."""
+        if self.session is None:
+            raise BgeortError(f"the model {self.path} was closed; open the folder again to use it")
         out = np.empty((len(encoded), width), dtype=np.float32)
 
         def run(indices: np.ndarray, session, options=None) -> None:
@@ -259,10 +266,20 @@ class OpenModel:
             self._release = options
         return self._release
 
+    def close(self) -> None:
+        """Stop the side-by-side runner threads and drop the sessions; the model cannot run after."""
+        with _SIDE_LOCK:
+            side, self._side = self._side, None
+        if side is not None:
+            side[1].shutdown(wait=True)
+        self.session = None
+
     def _side_by_side(self):
         """The side session and its executor, opened on first use; None when the folder's files were
         replaced since the main session opened them (a re-export): the side session would run the new ones."""
         with _SIDE_LOCK:  # callers on several threads open it once
+            if self.session is None:
+                raise BgeortError("this model was closed; open the folder again to use it")
             if self._side is None and self.side_by_side and _identity(self.files) != self.identity:
                 self.side_by_side = False
                 warnings.warn(f"bgeort: {self.path} was replaced after it was opened; this model keeps running "

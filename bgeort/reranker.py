@@ -84,13 +84,27 @@ class Reranker:
         if top_k is not None:
             positive("top_k", top_k)
         scores = self._score([(query, document) for document in documents], normalize=normalize, **options)
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        return Ranking(order, scores[order])
+        return rank(scores, top_k=top_k)
 
-    def _score(self, pairs: list[tuple[str, str]], *, normalize: bool, batch_size: int | None = None,
-               max_length: int | None = None, sliding_window: bool = False) -> np.ndarray:
+    def close(self) -> None:
+        """Release the runner threads and the session; the Reranker cannot score after this."""
+        self._model.close()
+
+    def __enter__(self) -> "Reranker":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _score(self, pairs: list[tuple[str, str]], *, normalize: bool, **options) -> np.ndarray:
+        return self._score_counted(pairs, normalize=normalize, **options)[0]
+
+    def _score_counted(self, pairs: list[tuple[str, str]], *, normalize: bool, batch_size: int | None = None,
+                       max_length: int | None = None, sliding_window: bool = False,
+                       warn: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, which pairs were truncated, and the tokens each pair ran with (all its windows)."""
         if not pairs:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         length = self.max_length if max_length is None else positive("max_length", max_length)
         if length > self.max_length:
             raise ValueError(f"max_length={length} is more than this model's {self.max_length} tokens; "
@@ -100,22 +114,30 @@ class Reranker:
                    width=1)
         tokenizer = self._model.tokenizer
         if not sliding_window:  # one row per pair: tokenized slice by slice on a GPU (OpenModel.encode_and_run)
-            logits, truncated = self._model.encode_and_run(
+            logits, truncated, lengths = self._model.encode_and_run(
                 pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
                                                            max_length=length)[0], **run)
-            if truncated.any():
+            if warn and truncated.any():
                 warn_truncated(truncated, length)
-            return sigmoid(logits[:, 0]) if normalize else logits[:, 0]
+            return (sigmoid(logits[:, 0]) if normalize else logits[:, 0]), truncated, lengths
         encoded, owners = tokenizer.encode_pairs([q for q, _ in pairs], [p for _, p in pairs], max_length=length,
                                                  windows=True)
-        if encoded.truncated.any():
-            per_pair = np.zeros(len(pairs), dtype=bool)
-            np.logical_or.at(per_pair, owners, encoded.truncated)
+        per_pair = np.zeros(len(pairs), dtype=bool)
+        np.logical_or.at(per_pair, owners, encoded.truncated)
+        if warn and per_pair.any():
             warn_truncated(per_pair, length)
+        lengths = np.zeros(len(pairs), dtype=np.int64)
+        np.add.at(lengths, owners, encoded.lengths)
         logits = self._model.run_batches(encoded, **run)[:, 0]
         scores = np.full(len(pairs), -np.inf, dtype=np.float32)
         np.maximum.at(scores, owners, logits)  # the best of each pair's windows
-        return sigmoid(scores) if normalize else scores
+        return (sigmoid(scores) if normalize else scores), per_pair, lengths
+
+
+def rank(scores: np.ndarray, *, top_k: int | None = None) -> Ranking:
+    """Indices and scores best first (ties keep input order), at most `top_k` of them."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return Ranking(order, scores[order])
 
 
 def _is_pair(value) -> bool:

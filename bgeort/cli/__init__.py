@@ -12,7 +12,7 @@ import sys
 from .. import __version__
 from ..errors import BgeortError
 
-COMMANDS = ("embed", "rerank", "demo", "info", "doctor")
+COMMANDS = ("embed", "rerank", "demo", "info", "doctor", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

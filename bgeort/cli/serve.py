@@ -1,0 +1,48 @@
+"""`bgeort serve MODEL_DIR [--reranker DIR]`: the OpenAI / Cohere-compatible HTTP server (bgeort/server)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "serve an embedder and/or a reranker over HTTP (OpenAI /v1/embeddings, Cohere/Jina /v1/rerank)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", nargs="?", metavar="MODEL_DIR",
+                        help="a model folder; an embedder, or a reranker when --reranker is not given")
+    parser.add_argument("--reranker", metavar="DIR", help="a reranker folder to serve beside the embedder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--api-key", default=os.environ.get("BGEORT_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but /health (default: $BGEORT_API_KEY)")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: the cores this process may use)")
+    parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=True,
+                        help="let onnxruntime's threads spin between runs (the library's default); --no-spinning "
+                             "leaves those cycles to the event loop and other processes on the same cores")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-queue", type=int, default=None, help="texts waiting per model before 429 (default 8192)")
+    parser.add_argument("--max-batch-texts", type=int, default=None,
+                        help="texts gathered into one library call at most (default 1024)")
+    parser.add_argument("--max-inputs", type=int, default=None, help="inputs per request at most (default 2048)")
+    parser.add_argument("--max-body-bytes", type=int, default=None, help="request body size at most (default 8 MiB)")
+    parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+
+
+def run(args) -> int:
+    from ..manifest import load_manifest
+    from ..server import open_service, serve
+
+    embedder, reranker = args.model, args.reranker
+    if embedder is None and reranker is None:
+        raise SystemExit("bgeort serve: give a model folder (MODEL_DIR), a --reranker DIR, or both")
+    if embedder is not None and reranker is None and load_manifest(embedder).kind == "reranker":
+        embedder, reranker = None, embedder  # a reranker folder alone
+    limits = {name: value for name, value in (("max_queue", args.max_queue), ("max_batch_texts", args.max_batch_texts),
+                                              ("max_inputs", args.max_inputs), ("max_body_bytes", args.max_body_bytes))
+              if value is not None}
+    service = open_service(embedder=embedder, reranker=reranker, api_key=args.api_key, threads=args.threads,
+                           precision=args.precision, device=args.device, spinning=args.spinning,
+                           **limits)
+    return serve(service, host=args.host, port=args.port, log_level=args.log_level)
