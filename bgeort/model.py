@@ -163,16 +163,17 @@ class OpenModel:
                           "; ".join(str(exc) for exc in errors))
 
     def encode_and_run(self, items: list, encode: Callable[[list], Encoded], *, batch_size: int,
-                       max_tokens: int | None, reduce, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenize `items` with `encode` and run them (run_batches); returns the rows in input order
-        and which inputs were truncated. Pipelined models take PIPELINE_TEXTS at a time, tokenizing
-        the next slice on a second thread while this one runs."""
+                       max_tokens: int | None, reduce, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokenize `items` with `encode` and run them (run_batches); returns the rows in input order,
+        which inputs were truncated and how many tokens each ran as. Pipelined models take
+        PIPELINE_TEXTS at a time, tokenizing the next slice on a second thread while this one runs."""
         if not self.pipelined or len(items) <= PIPELINE_TEXTS:
             encoded = encode(items)
             return self.run_batches(encoded, batch_size=batch_size, max_tokens=max_tokens, reduce=reduce,
-                                    width=width), encoded.truncated
+                                    width=width), encoded.truncated, encoded.lengths
         out = np.empty((len(items), width), dtype=np.float32)
         truncated = np.empty(len(items), dtype=bool)
+        lengths = np.empty(len(items), dtype=np.int64)
         starts = range(0, len(items), PIPELINE_TEXTS)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgeort-tokenize") as tokenizing:
             pending = tokenizing.submit(encode, items[:PIPELINE_TEXTS])
@@ -185,7 +186,8 @@ class OpenModel:
                 out[start:end] = self.run_batches(encoded, batch_size=batch_size, max_tokens=max_tokens,
                                                   reduce=reduce, width=width)
                 truncated[start:end] = encoded.truncated
-        return out, truncated
+                lengths[start:end] = encoded.lengths
+        return out, truncated, lengths
 
     def run_batches(self, encoded: Encoded, *, batch_size: int, max_tokens: int | None,
                     reduce: Callable[[np.ndarray, dict], np.ndarray], width: int) -> np.ndarray:

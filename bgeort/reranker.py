@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import NamedTuple
 
 import numpy as np
 
 from .batching import batch_defaults
-from .inputs import check_texts, positive, warn_truncated
+from .inputs import READ_AHEAD, check_texts, positive, warn_truncated
 from .model import OpenModel
 
 
@@ -75,6 +76,24 @@ class Reranker:
                              sliding_window=sliding_window)
         return float(scores[0]) if single else scores
 
+    def compute_score_iter(self, pairs, *, window: int = READ_AHEAD, normalize: bool = False, **options):
+        """`compute_score` over any iterable of [query, passage] pairs: yields one float32 score per
+        pair, in input order, holding at most `window` pairs at a time (each window one
+        `compute_score` call, so its scores equal compute_score's on those pairs)."""
+        positive("window", window)
+        iterator = iter(pairs) if not _is_pair(pairs) and not isinstance(pairs, (str, bytes, dict)) else None
+        if iterator is None:
+            raise TypeError(f"pairs must be an iterable of [query, passage] pairs, got {type(pairs).__name__}")
+        start = 0
+        while chunk := list(itertools.islice(iterator, window)):
+            try:
+                items = check_pairs(chunk)
+            except TypeError as exc:  # name the pair by its place in the whole stream
+                bad = next(i for i, pair in enumerate(chunk) if not _is_pair(pair))
+                raise TypeError(str(exc).replace(f"pairs[{bad}]", f"pairs[{start + bad}]", 1)) from None
+            yield from self._score(items, normalize=normalize, **options)
+            start += len(chunk)
+
     def rerank(self, query: str, documents, *, top_k: int | None = None, normalize: bool = True,
                **options) -> Ranking:
         """Documents sorted by score, best first (ties keep input order), at most `top_k` of them."""
@@ -100,7 +119,7 @@ class Reranker:
                    width=1)
         tokenizer = self._model.tokenizer
         if not sliding_window:  # one row per pair: tokenized slice by slice on a GPU (OpenModel.encode_and_run)
-            logits, truncated = self._model.encode_and_run(
+            logits, truncated, _ = self._model.encode_and_run(
                 pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
                                                            max_length=length)[0], **run)
             if truncated.any():
