@@ -65,7 +65,7 @@ def embed_files(args) -> int:
                    args.instruction if args.instruction is not None else model.manifest.passage_instruction)
     options = {"text_field": args.text_field, "id_field": args.id_field, "instruction": instruction,
                "max_length": model._resolve_max_length(args.max_length), "output_dtype": args.output_dtype,
-               "normalize": model.normalize_embeddings, "on_error": args.on_error}
+               "normalize": model.normalize_embeddings}  # not --on-error: stop, then skip, resumes
     fingerprint = {"job": "embed", "model": corpus.model_fingerprint(model), "inputs": inputs, "options": options,
                    "output": output_format}
     partial = PartialOutput(args.output, fingerprint, overwrite=args.overwrite)
