@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers")
+HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers", "pyarrow",
+         "tqdm")
 
 
 def loaded_after(code: str) -> set[str]:
