@@ -119,12 +119,10 @@ class Reranker:
                    width=1)
         tokenizer = self._model.tokenizer
         if not sliding_window:  # one row per pair: tokenized slice by slice on a GPU (OpenModel.encode_and_run)
-            logits, truncated, _ = self._model.encode_and_run(
-                pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
-                                                           max_length=length)[0], **run)
+            logits, truncated, _ = self._run_pairs(pairs, length, run)
             if truncated.any():
                 warn_truncated(truncated, length)
-            return sigmoid(logits[:, 0]) if normalize else logits[:, 0]
+            return sigmoid(logits) if normalize else logits
         encoded, owners = tokenizer.encode_pairs([q for q, _ in pairs], [p for _, p in pairs], max_length=length,
                                                  windows=True)
         if encoded.truncated.any():
@@ -135,6 +133,28 @@ class Reranker:
         scores = np.full(len(pairs), -np.inf, dtype=np.float32)
         np.maximum.at(scores, owners, logits)  # the best of each pair's windows
         return sigmoid(scores) if normalize else scores
+
+
+    def _run_pairs(self, pairs, length: int, run: dict):
+        tokenizer = self._model.tokenizer
+        logits, truncated, lengths = self._model.encode_and_run(
+            pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
+                                                       max_length=length)[0], **run)
+        return logits[:, 0], truncated, lengths
+
+    def score_window(self, pairs: list[tuple[str, str]], *, normalize: bool = False, max_length: int | None = None):
+        """Scores of checked (query, passage) pairs, which were truncated and how many tokens each ran
+        as: what the corpus job (bgeort/cli/rerank.py) is built on."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+        length = self.max_length if max_length is None else positive("max_length", max_length)
+        if length > self.max_length:
+            raise ValueError(f"max_length={length} is more than this model's {self.max_length} tokens; "
+                             "pass a value up to that, or None")
+        run = dict(batch_size=self.batch_size, max_tokens=self.max_batch_tokens,
+                   reduce=lambda output, arrays: output[:, :1], width=1)
+        logits, truncated, lengths = self._run_pairs(pairs, length, run)
+        return (sigmoid(logits) if normalize else logits), truncated, lengths
 
 
 def _is_pair(value) -> bool:
