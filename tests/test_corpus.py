@@ -323,3 +323,20 @@ def test_unknown_and_missing_inputs_say_what_to_do(tiny_model, tmp_path):
     assert done.returncode == 1 and b"--input-format" in done.stderr
     done = cli("embed", tiny_model, write_jsonl(tmp_path / "in.jsonl", []), "-o", tmp_path / "out.csv")
     assert done.returncode == 1 and b"unknown type '.csv'" in done.stderr
+
+
+def test_a_second_process_on_the_same_output_is_refused(tiny_model, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_rows(6000))
+    out = tmp_path / "out.jsonl"
+    process = start(tiny_model, source, out)
+    try:
+        deadline = time.monotonic() + 120
+        while journal_rows(out) < 8 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        done = cli("embed", tiny_model, source, "-o", out, "--chunk-rows", "8", "--quiet")
+        assert done.returncode == 1 and b"another bgeort process is writing" in done.stderr
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    ok(cli("embed", tiny_model, source, "-o", out, "--chunk-rows", "8", "--quiet"))
+    assert read_output(out)[0] == list(range(6000))

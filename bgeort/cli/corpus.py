@@ -19,6 +19,18 @@ class RowError(BgeortError):
     """A row cannot be used (and --on-error is 'stop')."""
 
 
+def positive_int(value: str) -> int:
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def add_input_arguments(parser) -> None:
     parser.add_argument("-o", "--output", help="output file: .parquet, .npy (+ .ids.jsonl beside it) or .jsonl")
     parser.add_argument("--input-format", choices=sorted(formats.READERS),
@@ -28,14 +40,14 @@ def add_input_arguments(parser) -> None:
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                         help="a bad row stops the job (default), or is written to <output>.rejected.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output or another job's partial")
-    parser.add_argument("--chunk-rows", type=int, default=4096,
+    parser.add_argument("--chunk-rows", type=positive_int, default=4096,
                         help="input rows per durable write (and per encode call)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--batch-tokens", type=int, help="padded tokens per batch (the model's default if unset)")
-    parser.add_argument("--max-length", type=int, help="truncate texts at this many tokens (the model's limit)")
+    parser.add_argument("--threads", type=positive_int)
+    parser.add_argument("--batch-tokens", type=positive_int, help="padded tokens per batch (the model's default if unset)")
+    parser.add_argument("--max-length", type=positive_int, help="truncate texts at this many tokens (the model's limit)")
 
 
 def describe_inputs(paths: list[str], given_format: str | None) -> list[dict]:

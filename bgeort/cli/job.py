@@ -46,6 +46,20 @@ class PartialOutput:
         self.state = {"fingerprint": self.fingerprint, "rows_read": 0, "parts": [], "totals": {}}
         self.resumed = False
         self._open(overwrite)
+        self._lock()
+
+    def _lock(self) -> None:
+        """One job at a time on a partial output (the lock goes with the process, kill -9 included)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self._lock_file = open(self.folder / "lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise JobError(f"another bgeort process is writing {self.output} (it holds {self.folder / 'lock'}); "
+                           "wait for it, or stop it and run the command again") from None
 
     def _open(self, overwrite: bool) -> None:
         journal = self.folder / JOURNAL

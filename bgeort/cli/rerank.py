@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--passage-field", default="passage")
     parser.add_argument("--candidates-field", default="candidates",
                         help="a field holding a list of passages to score against the row's query")
-    parser.add_argument("--top-k", type=int, help="keep the best K candidates of each row (rows with candidates)")
+    parser.add_argument("--top-k", type=corpus.positive_int, help="keep the best K candidates of each row (rows with candidates)")
     parser.add_argument("--normalize", action="store_true", help="scores through a sigmoid, in (0, 1)")
     corpus.add_input_arguments(parser)
 
