@@ -306,7 +306,7 @@ class AsyncEmbedder(_AsyncModel):
 
     def _run(self, key: tuple, items: list[str]):
         (max_length,) = key
-        return self.model._embed_counted(items, max_length=max_length, normalize=False, warn=False)
+        return self.model.embed_window(items, max_length=max_length, normalize=False)
 
     async def embed(self, texts, *, instruction: str = "none", max_length: int | None = None,
                     normalize: bool | None = None) -> Embedded:
@@ -369,8 +369,7 @@ class AsyncReranker(_AsyncModel):
 
     def _run(self, key: tuple, pairs: list):
         max_length, sliding_window = key
-        return self.model._score_counted(pairs, normalize=False, max_length=max_length,
-                                         sliding_window=sliding_window, warn=False)
+        return self.model.score_window(pairs, normalize=False, max_length=max_length, sliding_window=sliding_window)
 
     async def score(self, pairs, *, normalize: bool = False, max_length: int | None = None,
                     sliding_window: bool = False) -> Scored:

@@ -7,10 +7,11 @@ import os
 import numpy as np
 
 from .batching import batch_defaults
-from .inputs import check_texts, positive, warn_truncated
-from .manifest import POOLED_OUTPUT
+from .inputs import READ_AHEAD, check_texts, positive, read_windows, warn_truncated
+from .manifest import POOLED_OUTPUT, rebuild_hint
 from .model import OpenModel
 from .pooling import l2_normalize, pool
+from .quantize import check_output_dtype, quantize
 
 
 class Embedder:
@@ -71,15 +72,18 @@ class Embedder:
                 f"dim={self.dim}, max_length={self.max_length}, pooling={self.manifest.pooling!r})")
 
     def encode(self, texts, *, batch_size: int | None = None, max_length: int | None = None,
-               normalize: bool | None = None) -> np.ndarray:
-        """Embed texts: a list gives float32 (N, dim); a single str gives (dim,).
+               normalize: bool | None = None, output_dtype: str = "float32") -> np.ndarray:
+        """Embed texts: a list gives (N, dim); a single str gives (dim,).
 
         Texts longer than `max_length` tokens (default: the model's) are truncated, with a
         `TruncationWarning` naming them; `token_counts` gives every text's full length.
+        `output_dtype` stores the vectors compactly: 'float16', 'int8'/'uint8' (per-dimension ranges
+        from the manifest), 'binary'/'ubinary' (sign bits packed 8 to a byte); bgeort/quantize.py.
         """
         single = isinstance(texts, str)
         items = [texts] if single else check_texts(texts)
-        vectors = self._embed(items, batch_size=batch_size, max_length=max_length, normalize=normalize)
+        vectors = self._embed(items, batch_size=batch_size, max_length=max_length, normalize=normalize,
+                              output_dtype=output_dtype)
         return vectors[0] if single else vectors
 
     def encode_queries(self, queries, **options) -> np.ndarray:
@@ -97,6 +101,17 @@ class Embedder:
         vectors = self._embed([passage + text for text in items] if passage else items, **options)
         return vectors[0] if single else vectors
 
+    def encode_iter(self, texts, *, window: int = READ_AHEAD, instruction: str = "", **options):
+        """`encode` over any iterable of str (a generator, a file reader): yields one vector per
+        text, in input order, holding at most `window` texts at a time (read ahead so that sorting by
+        length still pays). Each window is one `encode` call; `instruction` is prepended to every text
+        (`self.query_instruction` for queries). A window's vectors equal `encode`'s on those texts."""
+        positive("window", window)
+        for index, chunk in enumerate(read_windows(texts, window)):
+            if instruction:
+                chunk = [instruction + text for text in chunk]
+            yield from self._embed(chunk, start=index * window, **options)
+
     def token_counts(self, texts) -> np.ndarray:
         """Tokens per text before any truncation, special tokens included (compare with max_length)."""
         items = [texts] if isinstance(texts, str) else check_texts(texts)
@@ -112,14 +127,22 @@ class Embedder:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _embed(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
-               normalize: bool | None = None) -> np.ndarray:
-        return self._embed_counted(items, batch_size=batch_size, max_length=max_length, normalize=normalize)[0]
+    def _embed(self, items: list[str], *, output_dtype: str = "float32", start: int = 0, **options) -> np.ndarray:
+        check_output_dtype(output_dtype)
+        vectors, truncated, _ = self.embed_window(items, **options)
+        if truncated.any():
+            warn_truncated(truncated, self._resolve_max_length(options.get("max_length")), start=start)
+        return self.quantize(vectors, output_dtype)
 
-    def _embed_counted(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
-                       normalize: bool | None = None, warn: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The vectors, which texts were truncated and the tokens each ran with (bgeort.aio reports
-        them per request, so it passes warn=False and warns for each request's own indices)."""
+    def quantize(self, vectors: np.ndarray, output_dtype: str) -> np.ndarray:
+        """float32 vectors of this model as `output_dtype` (bgeort/quantize.py)."""
+        return quantize(vectors, output_dtype, ranges=self.manifest.quantization_ranges,
+                        hint=rebuild_hint(self.path, self.manifest.provenance.get("source")))
+
+    def embed_window(self, items: list[str], *, batch_size: int | None = None, max_length: int | None = None,
+                     normalize: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32 vectors of `items` (checked str), which of them were truncated and how many tokens
+        each ran as: what `encode` and the corpus job (bgeort/cli/embed.py) are built on."""
         length = self._resolve_max_length(max_length)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
@@ -136,8 +159,6 @@ class Embedder:
             reduce=reduce,
             width=self.dim,
         )
-        if warn and truncated.any():
-            warn_truncated(truncated, length)
         if self.normalize_embeddings if normalize is None else normalize:
             vectors = l2_normalize(vectors)
         return vectors, truncated, lengths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -29,8 +30,35 @@ def check_texts(texts, name: str = "texts") -> list[str]:
     return items
 
 
-def warn_truncated(truncated: np.ndarray, max_length: int) -> None:
-    where = np.flatnonzero(truncated)
+# Texts encode_iter holds at a time: enough for sorting by length to fill batches as well as one big
+# call does (plan_batches), small enough to hold (4,096 SciFact chunks: ~6 MB of text, ~17 MB of ids).
+READ_AHEAD = 4096
+
+
+def read_windows(items, window: int):
+    """Lists of at most `window` items from any iterable, in order; a TypeError names a non-str item
+    by its position in the whole stream."""
+    if items is None or isinstance(items, (str, bytes, bytearray, dict)):
+        raise TypeError(f"texts must be an iterable of str, got {type(items).__name__}")
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise TypeError(f"texts must be an iterable of str, got {type(items).__name__}") from None
+    start = 0
+    while True:
+        chunk = list(itertools.islice(iterator, window))
+        if not chunk:
+            return
+        for offset, item in enumerate(chunk):
+            if not isinstance(item, str):
+                raise TypeError(f"texts[{start + offset}] is {type(item).__name__} ({item!r:.60}), not str; "
+                                "every input must be a string (use '' for an empty text)")
+        yield chunk
+        start += len(chunk)
+
+
+def warn_truncated(truncated: np.ndarray, max_length: int, *, start: int = 0) -> None:
+    where = np.flatnonzero(truncated) + start
     shown = ", ".join(str(i) for i in where[:10]) + (", ..." if len(where) > 10 else "")
     warnings.warn(
         TruncationWarning(

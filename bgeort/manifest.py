@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ class Manifest:
     variants: dict[str, Variant]
     provenance: dict
     format_version: int = FORMAT_VERSION
+    # per-dimension {"min": [...], "max": [...], "corpus": ..., "texts": N} of the float32 vectors of
+    # export/calibration.py's texts: what int8/uint8 stored vectors are scaled by (bgeort/quantize.py)
+    quantization_ranges: dict | None = None
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -87,6 +91,9 @@ class Manifest:
             for optional in _VARIANT_OPTIONAL:
                 if variant[optional] is None:
                     del variant[optional]
+        for optional in _TOP_LEVEL_OPTIONAL:
+            if data[optional] is None:
+                del data[optional]
         return {"format": FORMAT_NAME, **data}
 
 
@@ -109,6 +116,7 @@ _TOP_LEVEL = {
     "variants": (dict,),
     "provenance": (dict,),
 }
+_TOP_LEVEL_OPTIONAL = {"quantization_ranges": (dict,)}
 _VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
 _VARIANT_OPTIONAL = {"output": (str,), "weight_bits": (int,), "data_file": (str,), "data_sha256": (str,),
                      "data_bytes": (int,)}
@@ -186,7 +194,7 @@ def parse_manifest(data: object, path: Path) -> Manifest:
         )
     if version < 1:
         raise fail(f"'format_version' {version} is not a version bgeort ever wrote")
-    _check_keys(data, _TOP_LEVEL, "the manifest", fail)
+    _check_keys(data, _TOP_LEVEL, "the manifest", fail, optional=_TOP_LEVEL_OPTIONAL)
     if data["kind"] not in KINDS:
         raise fail(f"'kind' is {data['kind']!r}, expected one of {KINDS}")
     if data["pooling"] not in POOLINGS:
@@ -227,7 +235,9 @@ def parse_manifest(data: object, path: Path) -> Manifest:
             data_sha256=entry.get("data_sha256"),
             data_bytes=entry.get("data_bytes"),
         )
-    fields = {key: data[key] for key in _TOP_LEVEL if key != "format"}
+    if "quantization_ranges" in data:
+        _check_ranges(data["quantization_ranges"], data["dim"], fail)
+    fields = {key: data[key] for key in [*_TOP_LEVEL, *_TOP_LEVEL_OPTIONAL] if key != "format" and key in data}
     fields["inputs"] = tuple(data["inputs"])
     fields["variants"] = variants
     return Manifest(**fields)
@@ -251,3 +261,16 @@ def _check_keys(data: dict, schema: dict, what: str, fail, optional: dict | None
         # bool is an int in Python; a manifest that says `"dim": true` is still wrong.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise fail(f"{what}: {key!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}")
+
+
+def _check_ranges(ranges: dict, dim: int, fail) -> None:
+    """quantization_ranges: 'min' and 'max' lists of `dim` finite numbers, min <= max, and where they came from."""
+    _check_keys(ranges, {"min": (list,), "max": (list,), "corpus": (str,), "texts": (int,)},
+                "'quantization_ranges'", fail)
+    for key in ("min", "max"):
+        values = ranges[key]
+        if len(values) != dim or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         and math.isfinite(v) for v in values):
+            raise fail(f"'quantization_ranges'.{key!r} must be {dim} finite numbers (one per dimension)")
+    if any(low > high for low, high in zip(ranges["min"], ranges["max"])):
+        raise fail("'quantization_ranges' has a dimension whose 'min' is above its 'max'")

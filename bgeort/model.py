@@ -177,8 +177,8 @@ class OpenModel:
     def encode_and_run(self, items: list, encode: Callable[[list], Encoded], *, batch_size: int,
                        max_tokens: int | None, reduce, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokenize `items` with `encode` and run them (run_batches); returns the rows in input order,
-        which inputs were truncated and the tokens each one ran with. Pipelined models take PIPELINE_TEXTS at a time, tokenizing
-        the next slice on a second thread while this one runs."""
+        which inputs were truncated and how many tokens each ran as. Pipelined models take
+        PIPELINE_TEXTS at a time, tokenizing the next slice on a second thread while this one runs."""
         if not self.pipelined or len(items) <= PIPELINE_TEXTS:
             encoded = encode(items)
             return self.run_batches(encoded, batch_size=batch_size, max_tokens=max_tokens, reduce=reduce,

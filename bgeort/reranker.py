@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import NamedTuple
 
 import numpy as np
 
 from .batching import batch_defaults
-from .inputs import check_texts, positive, warn_truncated
+from .inputs import READ_AHEAD, check_texts, positive, warn_truncated
 from .model import OpenModel
 
 
@@ -75,6 +76,24 @@ class Reranker:
                              sliding_window=sliding_window)
         return float(scores[0]) if single else scores
 
+    def compute_score_iter(self, pairs, *, window: int = READ_AHEAD, normalize: bool = False, **options):
+        """`compute_score` over any iterable of [query, passage] pairs: yields one float32 score per
+        pair, in input order, holding at most `window` pairs at a time (each window one
+        `compute_score` call, so its scores equal compute_score's on those pairs)."""
+        positive("window", window)
+        iterator = iter(pairs) if not _is_pair(pairs) and not isinstance(pairs, (str, bytes, dict)) else None
+        if iterator is None:
+            raise TypeError(f"pairs must be an iterable of [query, passage] pairs, got {type(pairs).__name__}")
+        start = 0
+        while chunk := list(itertools.islice(iterator, window)):
+            try:
+                items = check_pairs(chunk)
+            except TypeError as exc:  # name the pair by its place in the whole stream
+                bad = next(i for i, pair in enumerate(chunk) if not _is_pair(pair))
+                raise TypeError(str(exc).replace(f"pairs[{bad}]", f"pairs[{start + bad}]", 1)) from None
+            yield from self._score(items, normalize=normalize, start=start, **options)
+            start += len(chunk)
+
     def rerank(self, query: str, documents, *, top_k: int | None = None, normalize: bool = True,
                **options) -> Ranking:
         """Documents sorted by score, best first (ties keep input order), at most `top_k` of them."""
@@ -96,13 +115,19 @@ class Reranker:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _score(self, pairs: list[tuple[str, str]], *, normalize: bool, **options) -> np.ndarray:
-        return self._score_counted(pairs, normalize=normalize, **options)[0]
+    def _score(self, pairs: list[tuple[str, str]], *, normalize: bool, start: int = 0, **options) -> np.ndarray:
+        scores, truncated, _ = self.score_window(pairs, normalize=normalize, **options)
+        if truncated.any():
+            max_length = options.get("max_length")
+            warn_truncated(truncated, self.max_length if max_length is None else max_length, start=start)
+        return scores
 
-    def _score_counted(self, pairs: list[tuple[str, str]], *, normalize: bool, batch_size: int | None = None,
-                       max_length: int | None = None, sliding_window: bool = False,
-                       warn: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores, which pairs were truncated, and the tokens each pair ran with (all its windows)."""
+    def score_window(self, pairs: list[tuple[str, str]], *, normalize: bool = False, batch_size: int | None = None,
+                     max_length: int | None = None,
+                     sliding_window: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores of checked (query, passage) pairs, which pairs were truncated (no warning: the caller
+        says it) and the tokens each ran with (all its windows): what compute_score, bgeort.aio and the
+        corpus job (bgeort/cli/rerank.py) are built on."""
         if not pairs:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         length = self.max_length if max_length is None else positive("max_length", max_length)
@@ -117,15 +142,11 @@ class Reranker:
             logits, truncated, lengths = self._model.encode_and_run(
                 pairs, lambda part: tokenizer.encode_pairs([q for q, _ in part], [p for _, p in part],
                                                            max_length=length)[0], **run)
-            if warn and truncated.any():
-                warn_truncated(truncated, length)
             return (sigmoid(logits[:, 0]) if normalize else logits[:, 0]), truncated, lengths
         encoded, owners = tokenizer.encode_pairs([q for q, _ in pairs], [p for _, p in pairs], max_length=length,
                                                  windows=True)
         per_pair = np.zeros(len(pairs), dtype=bool)
         np.logical_or.at(per_pair, owners, encoded.truncated)
-        if warn and per_pair.any():
-            warn_truncated(per_pair, length)
         lengths = np.zeros(len(pairs), dtype=np.int64)
         np.add.at(lengths, owners, encoded.lengths)
         logits = self._model.run_batches(encoded, **run)[:, 0]

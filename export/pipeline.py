@@ -262,7 +262,13 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
             log(f"{precision} variant not written")
     if not ({"fp32", "fp32-unfused"} & set(checked)):
         raise ExportError("no fp32 graph matched the PyTorch reference; nothing was written")
-    return _manifest(resolved, config, settings, staging, checked, used_opset)
+    manifest = _manifest(resolved, config, settings, staging, checked, used_opset)
+    if settings.kind == "embedder":  # what int8/uint8 stored vectors are scaled by (bgeort/quantize.py)
+        log("measuring the vectors' per-dimension ranges for int8/uint8 storage")
+        dump_manifest(manifest, staging)
+        manifest = dataclasses.replace(manifest, quantization_ranges=stage(stages.vector_ranges, staging,
+                                                                           calibration_texts()))
+    return manifest
 
 
 def _variant(staging: Path, precision: str, parity: dict) -> Variant:

@@ -182,3 +182,13 @@ def first_token_only(graph_file: Path, *, first_row_outputs: tuple[str, ...] = (
         load_external_data_for_model(model, str(graph_file.parent))
         graphfile.save_graph(model, graph_file)
     return narrowed
+
+
+def vector_ranges(folder: Path, texts: list[str]) -> dict:
+    """Per-dimension min and max of the float32 vectors of `texts` (export/calibration.py's): the
+    manifest's quantization_ranges, so int8/uint8 stored vectors do not depend on their batch."""
+    import bgeort
+    from bgeort.quantize import calibration_ranges
+
+    model = bgeort.Embedder(folder, precision="fp32", device="cpu", verify=False)
+    return calibration_ranges(model.encode_corpus(texts), corpus=f"export/calibration.py ({len(texts)} texts)")

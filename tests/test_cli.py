@@ -69,11 +69,13 @@ def test_rerank_and_embed_commands(bert_reranker, tiny_model):
     assert done.returncode == 0, done.stderr
     expected = bgeort.Reranker(bert_reranker).rerank("what is a panda?", ["hello world", "the panda is a bear"])
     assert [int(line.split("[")[1][0]) for line in done.stdout.splitlines()[2:]] == expected.indices.tolist()
-    done = bgeort_cli("embed", str(tiny_model), "a cat", "--text", "a dog")
+    done = bgeort_cli("embed", str(tiny_model), "--text", "a cat", "--text", "a dog")
     assert done.returncode == 0, done.stderr
     assert "vectors: shape (2, 32)" in done.stdout
     done = bgeort_cli("embed", str(tiny_model))
     assert done.returncode != 0 and "give the texts to embed" in done.stderr
+    done = bgeort_cli("embed", str(tiny_model), "a cat")  # a positional argument is an INPUT file
+    assert done.returncode != 0 and "need an output: add -o OUTPUT" in done.stderr
 
 
 def test_version_and_help():

@@ -352,13 +352,14 @@ def test_not_a_model_folder(tmp_path):
 
 
 def test_cli_embed_and_info(tiny_model):
-    out = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model), "hello", "world"],
+    out = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model), "--text", "hello", "--text",
+                          "world"],
                          capture_output=True, text=True, check=True).stdout
     assert "shape (2, 32)" in out and "precision='int8'" in out
     info = subprocess.run([sys.executable, "-m", "bgeort", "info", str(tiny_model)],
                           capture_output=True, text=True, check=True).stdout
     assert json.loads(info)["pooling"] == "mean"
-    bad = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model) + "-nope", "x"],
+    bad = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(tiny_model) + "-nope", "--text", "x"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers",
-         "starlette", "uvicorn", "prometheus_client", "fastapi", "httpx", "openai")
+         "starlette", "uvicorn", "prometheus_client", "fastapi", "httpx", "openai", "pyarrow", "tqdm")
 
 
 def loaded_after(code: str) -> set[str]:

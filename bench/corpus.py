@@ -1,0 +1,166 @@
+"""The corpus job end to end: `bgeort embed MODEL corpus.jsonl -o out.parquet` against the same texts
+already in memory (Embedder.encode), its peak RSS at two corpus sizes, and peers over the same file.
+
+    python bench/corpus.py                 # 100,000 texts; RSS at 10,000 vs 200,000; writes bench/results/corpus.md
+    python bench/corpus.py --quick         # 2,000 texts, RSS at 1,000 vs 4,000: a smoke run, writes nothing by default
+
+Texts are real (../shared/data): STS-B sentences (every split) and SciFact abstracts, whole and cut into
+sentences, interleaved and repeated in order up to the size asked. The model is bench/make_models.py's
+`minilm` folder set (real all-MiniLM-L6-v2 weights: bgeort's export, the sentence-transformers folder and
+fastembed's copy). 2 threads, bgeort int8. Each peer reads the JSONL with its own loop. No assertion:
+the targets are reported next to the numbers (CLI >= 95% of in-memory encode; RSS within 50 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from corpora import DATA, SCIFACT  # noqa: E402
+from make_models import DEFAULT_ROOT, make_model, st_int8_file  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def real_texts() -> list[str]:
+    sentences = []
+    for path in sorted((DATA / "stsb").glob("*.csv")):
+        with open(path, newline="", encoding="utf-8") as stream:
+            for row in csv.reader(stream):
+                sentences += [row[0], row[1]]
+    abstracts = []
+    with gzip.open(SCIFACT, "rt", encoding="utf-8") as stream:
+        for line in stream:
+            doc = json.loads(line)
+            text = (doc["title"] + " " + doc["text"]).strip()
+            abstracts.append(text)
+            abstracts += [part.strip() + "." for part in doc["text"].split(". ") if len(part) > 20]
+    mixed = []
+    for i in range(max(len(sentences), len(abstracts))):  # interleaved: every window sees both kinds
+        mixed += [sentences[i]] if i < len(sentences) else []
+        mixed += [abstracts[i]] if i < len(abstracts) else []
+    return mixed
+
+
+def write_corpus(path: Path, texts: list[str], rows: int) -> Path:
+    with open(path, "w", encoding="utf-8") as stream:
+        for i in range(rows):
+            stream.write(json.dumps({"id": f"doc{i}", "text": texts[i % len(texts)]}, ensure_ascii=False) + "\n")
+    return path
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MB of that child, its stderr's last line)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
+    return wall, usage.ru_maxrss // 1024, (stderr.strip().splitlines() or [""])[-1]
+
+
+def cli_command(folder: Path, source: Path, out: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "bgeort", "embed", str(folder), str(source), "-o", str(out), "--precision", "int8",
+            "--threads", str(threads), "--quiet", "--overwrite"]
+
+
+def in_memory(folder: Path, source: Path, threads: int) -> tuple[float, int]:
+    import warnings
+
+    import bgeort
+
+    texts = [json.loads(line)["text"] for line in open(source, encoding="utf-8")]
+    model = bgeort.Embedder(folder, precision="int8", device="cpu", threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bgeort.TruncationWarning)
+        model.encode(texts[:256])  # warm: the side session opens, buffers are allocated
+        started = time.perf_counter()
+        model.encode(texts)
+        return time.perf_counter() - started, len(texts)
+
+
+def peer_over_file(peer: str, base: Path, source: Path, threads: int) -> float:
+    """Seconds for a peer to embed the file, reading it with its own loop (fastembed: its embed()
+    generator over a generator of lines; sentence-transformers: encode over the list)."""
+    import numpy as np
+    from peers import open_peer
+
+    encode, _ = open_peer(peer, base, threads=threads, max_length=256, pooling="mean", st_int8_file=st_int8_file())
+    encode(["warm up"] * 8)
+    started = time.perf_counter()
+    lines = (json.loads(line)["text"] for line in open(source, encoding="utf-8"))
+    # fastembed's encode (bench/peers.py) is np.stack(list(model.embed(texts))): its generator over ours
+    np.asarray(encode(lines if peer == "fastembed" else list(lines)))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--rows", type=int, help="texts in the speed run (default 100,000; --quick 2,000)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peers", default="fastembed,st-torch", help="comma-separated; '' for none")
+    parser.add_argument("--models", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--folder", type=Path, help="a bgeort model folder to use instead of make_models' minilm "
+                                                    "(no peers then)")
+    parser.add_argument("--out", type=Path, help="report file (default: bench/results/corpus.md, none with --quick)")
+    args = parser.parse_args(argv)
+    rows = args.rows or (2000 if args.quick else 100_000)
+    rss_sizes = (1000, 4000) if args.quick else (10_000, 200_000)
+    if args.folder:
+        base, folder, args.peers = None, args.folder, ""
+    else:
+        base = make_model("minilm", args.models)
+        folder = base / "bgeort"
+    texts = real_texts()
+    lines = [f"# Corpus job: `bgeort embed` over a JSONL file ({platform.machine()}, {args.threads} threads, int8)", ""]
+    with tempfile.TemporaryDirectory(prefix="bgeort-corpus-bench-") as tmp:
+        tmp = Path(tmp)
+        source = write_corpus(tmp / "corpus.jsonl", texts, rows)
+        memory_seconds, count = in_memory(folder, source, args.threads)
+        wall, rss, last = run_measured(cli_command(folder, source, tmp / "out.parquet", args.threads))
+        job_seconds = float(last.split(" s -> ")[0].rsplit(", ", 1)[-1])
+        lines += [f"{count:,} texts (STS-B sentences and SciFact abstracts and sentences, interleaved).", "",
+                  "| run | seconds | texts/s | vs encode in memory | target |", "| --- | ---: | ---: | ---: | --- |",
+                  f"| Embedder.encode, texts in memory | {memory_seconds:.1f} | {count / memory_seconds:,.0f} | 1.00 | |",
+                  f"| bgeort embed (the job's own seconds) | {job_seconds:.1f} | {count / job_seconds:,.0f} | "
+                  f"{memory_seconds / job_seconds:.3f} | >= 0.95 |",
+                  f"| bgeort embed (process wall, model open included) | {wall:.1f} | {count / wall:,.0f} | "
+                  f"{memory_seconds / wall:.3f} | |"]
+        for peer in [p for p in args.peers.split(",") if p]:
+            seconds = peer_over_file(peer, base, source, args.threads)
+            lines.append(f"| {peer} over the file | {seconds:.1f} | {count / seconds:,.0f} | "
+                         f"{memory_seconds / seconds:.3f} | |")
+        lines += ["", f"CLI last line: `{last}`", "", "| rows | peak RSS (MB) |", "| ---: | ---: |"]
+        peaks = []
+        for size in rss_sizes:
+            sized = write_corpus(tmp / f"rss-{size}.jsonl", texts, size)
+            _, peak, _ = run_measured(cli_command(folder, sized, tmp / f"rss-{size}.parquet", args.threads))
+            peaks.append(peak)
+            lines.append(f"| {size:,} | {peak} |")
+        lines += ["", f"Peak RSS difference: {peaks[-1] - peaks[0]} MB (target: within 50 MB)", "",
+                  f"Command: `python bench/corpus.py{' --quick' if args.quick else ''}`"]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    out = args.out or (None if args.quick else RESULTS / "corpus.md")
+    if out is not None:
+        out.write_text(report, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
