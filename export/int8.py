@@ -1,94 +1,15 @@
 """The int8 graph: weights quantized once per output channel, activations once per token.
 
-Why not onnxruntime's `quantize_dynamic`: it scales each activation tensor by its min and max over
-the whole batch, so one text's vector depends on the texts run beside it (all-MiniLM-L6-v2, STS-B
-sentences: cosine 0.989 between a sentence embedded alone and inside a batch of 32) and int8 scores
-move by tenths of a point with the batch size. Here every token row gets its own scale, so a text's
-vector is the same whatever the batch, and a token with a large activation no longer coarsens every
-other token's grid. Measured on STS-B (2 cores, Xeon with VNNI): mean cosine to fp32 0.9951 against
-0.9929 for `quantize_dynamic` with the same weights, at the same speed.
-
 Per weight MatMul `x @ W` (W a constant [K, N]):
 
-    s_w[n]  = max|W[:, n]| / 63                   (signed 7-bit per output channel, see below)
+    s_w[n]  = max|W[:, n]| / 63                   (signed 7-bit per output channel)
     a[t]    = max|x[t, :]|                        (per token row; Abs + ReduceMax)
     q       = QuantizeLinear(x * (1/a), 1/127, 128)  (uint8, zero point 128; |x/a| <= 1)
     y       = MatMulIntegerToFloat(q, W_q, 1, s_w / 127, 128) * a
 
-Weight MatMuls reading the same activation (Q, K and V read one LayerNorm output) share its
-quantization and become one MatMulIntegerToFloat over their weights side by side, then a Split. The
-bias Add after each MatMul (and the GELU shift's correction, below) is folded into one Add of a
-constant. Before all this the per-layer shape arithmetic is folded into constants
-(export/simplify.py). Graph structure measured on the bge-small shape (onnxruntime's optimizer
-applied): 891 -> 619 nodes, single short query p50 -10% at 1 thread, throughput unchanged. Not used:
-onnxruntime's fused MultiHeadAttention around the integer projections (short-text throughput -12%:
-its CPU kernel took 20% of the time, as much as the plain attention ops it replaces) and
-SkipLayerNormalization (-22%: 21% of the time alone, against 4% for LayerNormalization + Adds).
-
-GELU outputs (the FFN down-projection's input) are never below -0.1701, so a symmetric grid would
-spend half its 255 steps on values that do not occur. They are shifted by +0.1701 and quantized on
-[0, max] instead, and the shift comes back as a constant: (x + c) @ W = x @ W + c * colsum(W), so
-y = a * MatMulIntegerToFloat(q, W_q, ...) - c * colsum(W_deq). Measured: mean cosine 0.99612
-against 0.99593 symmetric.
-
-LayerNorm outputs (the input of Q, K, V and the FFN) carry a few channels 10-20x larger than the
-rest (all-MiniLM-L6-v2: channel max 28 against a median of 1.5), and a per-token scale set by them
-leaves the other channels a handful of steps. As in SmoothQuant, each such input is divided per
-channel by s_c = sqrt(max|x_c|) / sqrt(max_n |W_cn|) and the weights rows multiplied by it (exact in
-float); max|x_c| comes from running the float32 graph on export/calibration.py's texts. One Mul per
-LayerNorm output at run time. Measured: mean cosine 0.99847 (min 0.9912) against 0.99612 (min 0.9789)
-without; smoothing the GELU and attention-context inputs as well gave 0.99837; alpha 0.3 / 0.7
-instead of 0.5 gave 0.99804 / 0.99821.
-
-Measured alternatives (STS-B sentences, cosine to fp32, same MiniLM, before smoothing): 8-bit weights
-with 7-bit activations (also saturation-free) 0.99425 against 0.99612. With everything above: 7-bit
-weights 0.99843 (min 0.9909), 8-bit 0.99920 (min 0.9959); weight scales chosen per channel for least
-squared error instead of max |W| 0.99850.
-
-Why 7-bit weights by default: without VNNI, x86 CPUs (AVX2, the edge boxes int8 is for) multiply u8
-activations by s8 weights with a saturating 16-bit add of two products (255 * 127 * 2 overflows
-int16), so full-range weights can drift there; 7-bit weights (255 * 63 * 2 < 32767) cannot, on any
-CPU, with the same fast kernels. Checked on onnxruntime's own AVX2 kernels with bench/isa.py's mask
-(tests/test_isa_mask.py): full-range 8-bit weights come out wrong there, 7-bit ones exact, and
-all-MiniLM-L6-v2's int8 vectors equal those of this CPU's VNNI kernels. 8-bit weights
-(`weight_bits=8`, `python -m export --int8-weight-bits 8`) are closer to fp32 (above); on x86 CPUs without VNNI bgeort then sets onnxruntime's
-`session.x64quantprecision`, whose exact U8U8 kernels are slower (bgeort/session.py). On this
-Xeon (which has VNNI) those kernels ran 2.3x slower than the VNNI ones, so they are never asked for
-where VNNI exists. What is left of the int8 error is almost all weight rounding: 7-bit weights alone
-(activations in float) give mean cosine 0.99864, 8-bit 0.99962.
-
-Static activations (`activations="static"`, `python -m export ... --int8-activations static`): every
-quantized input gets one scale for the whole tensor, from its max |x| over the calibration texts
-(after smoothing), and a GELU output a zero point at the shift. The per-token Abs / ReduceMax / Max
-/ Reciprocal / Mul and the Mul after each MatMul disappear: bge-small shape 619 -> 399 nodes, STS-B
-sentences +17..29% texts/s at 1 thread (noisy run). Costs (all-MiniLM-L6-v2): STS-B cosine to fp32 0.99616 vs
-0.99841 per token, SciFact abstracts 0.99517 vs 0.99700, a few odd texts (code, SQL, Japanese,
-symbols, a repeated word) 0.9905-0.9965 vs 0.9951-0.9986; calibrating with a 1.25x margin instead
-of the max was worse (0.99393). A value past the calibrated range saturates, so text unlike the
-calibration set drifts further: per token stays the default. Full MiniLM eval
-(bench/results/eval-minilm-int8static.md, against eval-minilm.md's fp32): STS-B -0.04, SICK-R -0.00,
-STS12-16 +0.13..-0.00, SciFact +0.08, Banking77 -0.19, BIOSSES -0.75 (100 pairs; per token -0.37,
--0.40 since the reciprocal row scale), at 13,500 tokens/s against 9,530 per token in the same eval.
-Smoothing by a per-channel step inside QuantizeLinear (axis=-1) instead of the Mul ran 2x slower in
-onnxruntime. With static scales the bias
-(and the GELU shift) is the integer MatMul's own bias input, so no Add passes over its output and the
-FFN's GELU is onnxruntime's Gelu rather than BiasGelu (0.90 vs 1.52 ms on 736 x 1536, 1 thread):
-bge-small shape, 1 thread, interleaved, short texts +6%, SciFact chunks +11%, same vectors (cosine
-0.99998 between the two graphs).
-
-In between (`activations="layernorm-static"`): static scales for the LayerNorm outputs only (the
-inputs of Q/K/V and of the FFN's first MatMul, whose range LayerNorm bounds), per token for the
-attention context and the GELU outputs. bge-small shape, 1 thread, best of 11/5 interleaved runs
-against per token: STS-B sentences +10%, SciFact chunks +11%, single query +10% (static: +23%, +24%,
-+22%). all-MiniLM-L6-v2, cosine to fp32: STS-B sentences mean 0.99771 (per token 0.99833, static
-0.99600), SciFact abstracts 0.99667 (0.99699, 0.99540), 14 odd texts (code, SQL, Japanese, symbols,
-emoji, a repeated word, the empty text) min 0.9916 (0.9946, 0.9888); STS-B Spearman 81.87 against
-fp32's 82.03 (per token 81.95, static 81.92). Full MiniLM eval (bench/results/eval-minilm-int8lnstatic.md
-against eval-minilm.md's fp32): STS-B -0.06, SICK-R -0.12, BIOSSES -0.38, STS12-16 +0.10..-0.01, SciFact
-nDCG@10 -0.18, Banking77 -0.10, as close as per token's. Opt in; per token stays the default.
-
-The word-embedding table (a third to a half of a small model's bytes) is stored as int8 with one scale
-per row and dequantized by the rows it gathers; the position and token-type tables stay float32.
+Why each choice, with its measurements (batch independence, the shared Q/K/V quantization,
+the GELU shift, SmoothQuant, 7-bit weights, the static and layernorm-static modes): docs/design.md,
+"The int8 graph".
 """
 
 from __future__ import annotations

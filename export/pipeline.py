@@ -32,14 +32,8 @@ from .source import ExportError, FolderFacts, position_limit, read_folder_facts,
 FILES = {"fp32": "model.onnx", "fp32-unfused": "model_unfused.onnx", "int8": "model_int8.onnx",
          "fp16": "model_fp16.onnx"}
 DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["cpu"], "fp16": ["cuda"]}
-# Source weights past this many bytes run every stage that holds a whole model (optimum's export, the
-# fusion, int8, fp16, the first-token pass, the PyTorch reference, each parity check) in a process of
-# its own: what a stage frees inside one Python process mostly stays with the process, so there the
-# stages' peaks pile up. bge-reranker-base shape (1.1 GB of weights): peak RSS of the export 16.2 GiB
-# in one process, 7.8 GiB with a process per stage (209 -> 229 s; the graphs written are byte for
-# byte the same), 5.1 GiB once the fusion, int8 and first-token stages stopped copying the model
-# (export/stages.py, export/simplify.py, export/narrow.py; 194 s). Stage peaks now: optimum's export
-# 5.1 GiB, fp16 5.1, first-token pass 4.9, int8 4.6, fusion 3.7. (`python bench/export_memory.py SOURCE OUT`)
+# Sources past this many bytes of weights run each whole-model stage in a process of its own, so the
+# stages' peaks do not pile up (measured: docs/design.md, "Export memory"; bench/export_memory.py).
 SEPARATE_STAGES_BYTES = 256 * 2**20
 # Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 KINDS = {

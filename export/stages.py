@@ -67,11 +67,8 @@ def fuse(plain_file: Path, out_file: Path, *, num_layers: int, num_heads: int, h
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("bert")
-    # The optimizer copies tensors inside the model as it rewrites it, and a protobuf message keeps
-    # every byte it ever held until it is freed whole: with the weights in memory the stage grew to 6x
-    # them. So it works on the graph with its weights in a file beside it, reading the few it needs
-    # (Q, K and V, the embeddings) from there, and the rest come back only to be written.
-    # bge-reranker-base shape (1.1 GB of weights): peak RSS 7.45 -> 3.3 GiB, the same file.
+    # The fusion works on the graph with its weights in a file beside it: with them in memory the
+    # optimizer's copies grew the stage to 6x them (docs/design.md, "Export memory").
     with tempfile.TemporaryDirectory(prefix=".bgeort-fuse-", dir=Path(out_file).parent) as tmp:
         aside = graphfile.weights_aside(Path(plain_file), Path(tmp))
         model = onnx.load(str(aside), load_external_data=False)

@@ -139,21 +139,8 @@ RERANKER_THRESHOLDS = {
     "int8": {"spearman": 0.99, "top1_agreement": 1.0},
     "fp16": {"spearman": 0.99, "top1_agreement": 1.0},
 }
-# Nearly tied scores. Spearman and the top-1 check compare ranks, so they tell only as much as the
-# gaps between the reference scores. A trained reranker spreads the probe pairs over several logits
-# (bge-reranker-v2-m3's model card: 'what is panda?' scores -8.19 with 'hi', 5.26 with the panda
-# passage), and an int8 or fp16 error that reorders them is a real error. A cross-encoder whose
-# scores are nearly tied ranks nothing: all-MiniLM-L6-v2 with a seeded random head scores the 23
-# probe pairs within 0.028 logits (std 0.0078), and its int8, off by at most 0.0018 logits, swaps
-# enough near-ties for Spearman 0.984. No bound on the error relative to the spread alone singles
-# that case out: 0.0018 is 23% of the std (6.5% of the range), which is where Spearman 0.99 is a coin
-# toss for normally spread scores too (simulated, 23 normal scores with normal errors of 0.1 std:
-# median Spearman 0.989, median max |diff| 0.23 std). What sets it apart is that the whole spread is
-# tiny in logits. So the spread picks the check: when the reference scores' std is under
-# NEAR_TIE_STD logits (their sigmoids then within a few percent of each other), ranks are not
-# compared and the scores themselves must agree to NEAR_TIE_ERROR of that std (that int8: 0.23); a
-# constant output is off by 2 std on those probes and a shuffled one by 2-3, and both still fail.
-# fp32 keeps its exact bounds.
+# Nearly tied reference scores rank nothing, so for int8/fp16 they are compared as scores, not
+# ranks, when their std is under NEAR_TIE_STD logits: why, with the measured case, docs/design.md.
 NEAR_TIE_STD = 0.1
 NEAR_TIE_ERROR = 0.5
 NEAR_TIE_PRECISIONS = ("int8", "fp16")
