@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from corpora import scifact_texts, stsb_pairs  # noqa: E402
 from environment import describe_environment  # noqa: E402
 from loadgen import aiohttp_sender, run_load, summarize_load  # noqa: E402
-from make_models import DEFAULT_ROOT  # noqa: E402
+from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
 from serve_report import SERVERS, summarize, write_markdown  # noqa: E402
 
 WORKLOADS = {"sentence": 1, "passages": 32}  # texts per request
@@ -40,7 +41,7 @@ SETTINGS = {  # per (workload): seconds and requests per concurrency level, full
     "full": {"sentence": (8.0, 4000), "passages": (20.0, 400), "texts": 1024, "passage_pool": 256},
     "quick": {"sentence": (2.0, 500), "passages": (4.0, 40), "texts": 256, "passage_pool": 64},
 }
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0
 
 
@@ -68,11 +69,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def server_env(threads: int) -> dict:
+def write_infinity_folder(models: Path) -> Path:
+    """infinity's folder: the sentence-transformers files, with exactly two graphs at its top level,
+    model.onnx and sentence-transformers' own int8 export as model_quantized.onnx (infinity prefers a
+    name with "quantize" in it, and otherwise takes the last .onnx it globs). Top level, because
+    infinity 0.0.78 hands optimum the path it globbed as `file_name` and optimum 2.1 matches that
+    against bare file names: started inside the folder with --model-id ".", the two agree."""
+    src, folder = models / "src", models / "infinity"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.name != "onnx":
+            (folder / path.name).symlink_to(path.resolve())
+    shutil.copy(src / "onnx" / "model.onnx", folder / "model.onnx")
+    shutil.copy(src / st_int8_file(), folder / "model_quantized.onnx")
+    return folder
+
+
+def server_env(threads: int, repo: Path = REPO) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "OPENBLAS_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": str(repo)}
 
 
 def server_command(name: str, port: int, args) -> tuple[list[str], str]:
@@ -86,8 +105,8 @@ def server_command(name: str, port: int, args) -> tuple[list[str], str]:
         return [sys.executable, str(HERE / "st_server.py"), str(models / "src"), *host,
                 "--threads", str(args.threads)], "/v1/embeddings"
     if name.startswith("infinity"):
-        command = [str(args.infinity_venv / "bin" / "infinity_emb"), "v2", "--model-id", str(models / "src"),
-                   "--engine", "optimum", "--device", "cpu", "--batch-size", "32", "--no-model-warmup", *host]
+        command = [str(args.infinity_venv / "bin" / "infinity_emb"), "v2", "--model-id", ".",
+                   "--engine", "optimum", "--device", "cpu", "--batch-size", "32", *host]
         if name == "infinity-fp32":
             command.append("--onnx-do-not-prefer-quantized")
         return command, "/embeddings"
@@ -108,8 +127,20 @@ def start_server(name: str, args) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     command, route = server_command(name, port, args)
     log_file = open(args.log_dir / f"serve-{name}.log", "w")
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=server_env(args.threads),
-                               cwd=REPO, start_new_session=True)
+    env, cwd = server_env(args.threads), REPO
+    if name == "bgeort":
+        env, cwd = server_env(args.threads, args.bgeort_repo), args.bgeort_repo
+    if name.startswith("infinity"):
+        # run inside its folder (write_infinity_folder says why); infinity caches its optimized graph
+        # under the hub cache by that path and reuses any it finds, whichever file it came from, so
+        # each variant gets a fresh folder and an empty cache and neither runs the other's graph.
+        cwd = write_infinity_folder(args.models / "bge-small")
+        cache = HERE / "results" / "tmp" / "infinity-cache" / name
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        env.update(HF_HOME=str(cache), HF_HUB_CACHE=str(cache / "hub"))
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                               cwd=cwd, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -182,8 +213,8 @@ def run_baseline(requests_file: Path, args) -> dict:
     command = [args.bgeort_python, str(HERE / "serve_baseline.py"), str(args.models / "bge-small" / "bgeort"),
                "--requests", str(requests_file), "--threads", str(args.threads),
                "--rounds", "1" if args.quick else "3", "--max-requests", "50" if args.quick else "200"]
-    done = subprocess.run(command, capture_output=True, text=True, env=server_env(args.threads), cwd=REPO,
-                          timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, env=server_env(args.threads, args.bgeort_repo),
+                          cwd=args.bgeort_repo, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"serve_baseline.py failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -208,6 +239,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=2, help="inference threads of every server (default 2)")
     parser.add_argument("--bgeort-python", default=sys.executable,
                         help="the Python whose bgeort runs the server and the baselines (default this one)")
+    parser.add_argument("--bgeort-repo", type=Path, default=REPO,
+                        help="the checkout whose bgeort that Python imports (cwd and PYTHONPATH; default this one)")
     parser.add_argument("--infinity-venv", type=Path, default=REPO / ".venv-infinity",
                         help="venv made by bench/infinity_venv.sh (default .venv-infinity)")
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT)
@@ -241,6 +274,7 @@ def main(argv=None) -> int:
         str(args.infinity_venv / "bin" / "python"),
         ("infinity-emb", "torch", "optimum", "optimum-onnx", "transformers", "sentence-transformers", "onnxruntime",
          "numpy", "pandas", "fastapi", "uvicorn")) if any(s.startswith("infinity") for s in args.server_list) else {}
+    environment["bgeort_repo"] = str(args.bgeort_repo)
     environment["versions_bgeort_python"] = versions_of(args.bgeort_python, ("bgeort", "onnxruntime", "starlette",
                                                                              "fastapi", "uvicorn", "numpy"))
     for name in ("aiohttp", "fastapi", "uvicorn"):
