@@ -6,7 +6,6 @@ route in its thread pool; without the lock each request would start its own `thr
     python bench/st_server.py SRC_FOLDER --port P [--threads 2]
 """
 
-from __future__ import annotations
 
 import argparse
 import threading
