@@ -119,11 +119,11 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
     lines.append(f"| one `Embedder.encode` of all {b['one_call_texts']} sentences | | | | "
                  f"{b['one_call_texts_per_s']:.0f} |")
     lines += ["", "## Servers", "", "| server | load | clients | req/s | texts/s | p50 ms | p95 ms | p99 ms | ok | "
-              "failed | cut at limit | client cores | client ms/req | server cores | answer checked |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+              "failed | cut at limit | idle wait s | client cores | client ms/req | server cores | answer checked |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for server, result in raw["servers"].items():
         if "error" in result:
-            lines.append(f"| {server} | did not run: {result['error'][:300]} |" + " |" * 13)
+            lines.append(f"| {server} | did not run: {result['error'][:300]} |" + " |" * 14)
             continue
         for workload, by_clients in result["loads"].items():
             for clients, row in by_clients.items():
@@ -133,7 +133,8 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
                 lines.append(
                     f"| {server} | {workload} | {clients} | {row['requests_per_s']:.1f} | {row['texts_per_s']:.0f} | "
                     f"{_fmt(row['p50'])} | {_fmt(row['p95'])} | {_fmt(row['p99'])} | {row['requests_ok']} | "
-                    f"{row['failures'] or ''} | {row['cancelled_at_deadline']} | {row['client_cpu_s'] / wall:.2f} | "
+                    f"{row['failures'] or ''} | {row['cancelled_at_deadline']} | {row.get('idle_wait_s', 0):.1f} | "
+                    f"{row['client_cpu_s'] / wall:.2f} | "
                     f"{row['client_cpu_ms_per_request']:.2f} | {row['server_cpu_s'] / wall:.2f} | {checked} |")
     lines += ["", "## Servers compared", ""]
     for server in raw["servers"]:
@@ -143,6 +144,7 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
               "generator runs on the same 2 cores, so what it uses is taken from the server). Latency is per "
               "request, from sending the body to reading the whole answer. A load cut at its time limit reports "
               "the latencies of the requests that finished, which understates an overloaded server's tail; the "
-              "'cut at limit' column says when that happened. Ratios mean something only within one run. The "
+              "'cut at limit' column says when that happened, and 'idle wait' how long the server then kept "
+              "working on them before the next setting started (at most 150 s). Ratios mean something only within one run. The "
               "benchmark never asserts; a missed target is a row with **no**.", ""]
     path.write_text("\n".join(lines))
