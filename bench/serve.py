@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -272,6 +273,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # a SIGTERM (e.g. from `timeout`) unwinds through the finally that stops the server under test
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     args.log_dir = HERE / "results" / "tmp" / "logs"
