@@ -191,6 +191,18 @@ def check_answer(body: bytes, texts: int) -> dict:
             "usage": answer.get("usage"), "ok": len(data) == texts}
 
 
+async def check_first(session, url: str, body: bytes, texts: int) -> dict:
+    import aiohttp
+
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as first:
+            if first.status != 200:
+                return {"ok": False, "status": first.status}
+            return check_answer(await first.read(), texts)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__} (limit {REQUEST_TIMEOUT_S:.0f} s)"}
+
+
 async def load_server(process, url: str, bodies: dict[str, list[bytes]], args) -> dict:
     import aiohttp
 
@@ -205,9 +217,7 @@ async def load_server(process, url: str, bodies: dict[str, list[bytes]], args) -
                 send = aiohttp_sender(session, url, encoded)
                 if concurrency == args.concurrency[0]:  # one answer checked in full, then a warm-up
                     wait_idle(process.pid)
-                    async with session.post(url, data=encoded[0], headers={"Content-Type": "application/json"}) as first:
-                        check = check_answer(await first.read(), WORKLOADS[workload]) if first.status == 200 else {
-                            "ok": False, "status": first.status}
+                    check = await check_first(session, url, encoded[0], WORKLOADS[workload])
                     await run_load(send, concurrency=1, max_requests=3, max_seconds=seconds)
                 idle_wait_s = wait_idle(process.pid)
                 client_cpu, server_cpu = time.process_time(), cpu_seconds(process.pid)
