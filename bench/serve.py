@@ -4,8 +4,8 @@ same cores and threads, loaded over 127.0.0.1 by bench/loadgen.py at 1, 16 and 6
 one-sentence requests (STS-B) and 32-passage requests (SciFact); plus the in-process baselines
 (bench/serve_baseline.py). bge-small shape (random weights), int8 for bgeort, 2 threads.
 
-    python bench/serve.py            # the full run, ~12 minutes on 2 quiet cores
-    python bench/serve.py --quick    # a smoke run (~2 minutes); writes to bench/results/tmp/quick
+    python bench/serve.py            # the full run, est. 10-15 minutes on 2 quiet cores
+    python bench/serve.py --quick    # a smoke run; writes to bench/results/tmp/quick
     python bench/serve.py --servers bgeort,st --bgeort-python /path/to/venv/bin/python
 
 Writes serve.json and serve.md to --out. Every load is bounded in requests and seconds; the
