@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers")
+HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers",
+         "langchain_core", "llama_index", "haystack", "mteb", "ray", "pyarrow", "pandas")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -14,8 +15,9 @@ def loaded_after(code: str) -> set[str]:
     return set(out.split())
 
 
-def test_import_bgeort_is_light():
-    loaded = loaded_after("import bgeort")
+@pytest.mark.parametrize("code", ["import bgeort", "import bgeort.integrations"])
+def test_import_bgeort_is_light(code):
+    loaded = loaded_after(code)
     assert "bgeort" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
