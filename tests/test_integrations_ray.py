@@ -100,3 +100,13 @@ def test_outside_ray_and_bad_columns(tiny_model):
         embed(pa.table({"text": ["a panda", None]}))
     with pytest.raises(ValueError, match="instruction must be one of"):
         Embed(tiny_model, instruction="queries")
+
+
+def test_threads_follow_the_cpus_ray_gives(cluster):
+    from bgeort.integrations.ray import actor_threads
+
+    @ray.remote
+    def threads():
+        return actor_threads()
+
+    assert ray.get([threads.options(num_cpus=1).remote(), threads.options(num_cpus=2).remote()]) == [1, 2]
