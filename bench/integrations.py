@@ -101,6 +101,9 @@ def measure_ray(model: str, texts: list[str], *, cpus: int, batch_size: int, fol
     del embed
     ray.init(num_cpus=cpus, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    deadline = time.monotonic() + 60  # on a loaded machine the node's CPUs show up a while after init
+    while ray.cluster_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(1)
     try:
         for actors in (1, 2):
             start = time.perf_counter()
