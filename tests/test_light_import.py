@@ -6,7 +6,8 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformers", "optimum", "huggingface_hub", "onnx", "export", "sentence_transformers",
-         "starlette", "uvicorn", "prometheus_client", "fastapi", "httpx", "openai", "pyarrow", "tqdm")
+         "starlette", "uvicorn", "prometheus_client", "fastapi", "httpx", "openai", "pyarrow", "tqdm",
+         "langchain_core", "llama_index", "haystack", "mteb", "ray", "pandas")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -15,8 +16,9 @@ def loaded_after(code: str) -> set[str]:
     return set(out.split())
 
 
-def test_import_bgeort_is_light():
-    loaded = loaded_after("import bgeort")
+@pytest.mark.parametrize("code", ["import bgeort", "import bgeort.integrations"])
+def test_import_bgeort_is_light(code):
+    loaded = loaded_after(code)
     assert "bgeort" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 

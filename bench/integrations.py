@@ -1,0 +1,155 @@
+"""`python bench/integrations.py MODEL`: what the framework adapters cost over bgeort itself.
+
+1. Wrapper overhead: the same passages (SciFact abstracts cut into 64-word pieces) through
+   `Embedder.encode_corpus` and through LangChain's `embed_documents`, LlamaIndex's
+   `get_text_embedding_batch` and Haystack's document embedder, interleaved, best of `--rounds`
+   per path (the best is the run the shared machine disturbed least). Target: <= 5% over encode_corpus.
+2. Ray Data on a local cluster of `--ray-cpus` CPUs: one Parquet file of STS-B sentences + SciFact
+   pieces, read -> Embed -> write Parquet, with 1 and 2 actors of 1 CPU each, against one in-process
+   `Embedder(threads=2)` reading and writing the same files. Texts/s end to end (actor start
+   included: that is what a job pays), with ds.stats() showing where the time goes.
+
+Prints a markdown table; never asserts. A smoke run: `--passages 300 --ray-texts 500 --rounds 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpora import scifact_texts, stsb_pairs  # noqa: E402
+
+
+def passages(count: int, *, words: int = 64) -> list[str]:
+    pieces = []
+    for abstract in scifact_texts():
+        tokens = abstract.split()
+        pieces.extend(" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words))
+        if len(pieces) >= count:
+            break
+    return pieces[:count]
+
+
+def wrapper_paths(model: str, threads: int) -> dict:
+    """name -> a function embedding a list of texts; every path opens its own copy of the model."""
+    import bgeort
+
+    paths = {"Embedder.encode_corpus": bgeort.Embedder(model, threads=threads).encode_corpus}
+    try:
+        from bgeort.integrations.langchain import BgeortEmbeddings
+
+        paths["LangChain embed_documents"] = BgeortEmbeddings(model, threads=threads).embed_documents
+    except ImportError:
+        pass
+    try:
+        from bgeort.integrations.llama_index import BgeortEmbedding
+
+        paths["LlamaIndex get_text_embedding_batch"] = BgeortEmbedding(model, threads=threads).get_text_embedding_batch
+    except ImportError:
+        pass
+    try:
+        from haystack import Document
+
+        from bgeort.integrations.haystack import BgeortDocumentEmbedder
+
+        embedder = BgeortDocumentEmbedder(model, threads=threads)
+        embedder.warm_up()
+        paths["Haystack BgeortDocumentEmbedder.run"] = lambda texts: embedder.run(
+            [Document(content=text) for text in texts])
+    except ImportError:
+        pass
+    return paths
+
+
+def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int) -> list[dict]:
+    paths = wrapper_paths(model, threads)
+    for run in paths.values():
+        run(texts[:64])  # sessions warm (side session, arenas)
+    best = {name: float("inf") for name in paths}
+    for _ in range(rounds):
+        for name, run in paths.items():
+            gc.collect()
+            start = time.perf_counter()
+            run(texts)
+            best[name] = min(best[name], time.perf_counter() - start)
+    base = best["Embedder.encode_corpus"]
+    return [{"path": name, "seconds": seconds, "texts_per_s": len(texts) / seconds,
+             "overhead_pct": 100 * (seconds / base - 1)} for name, seconds in best.items()]
+
+
+def measure_ray(model: str, texts: list[str], *, cpus: int, batch_size: int, folder: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from bgeort.integrations.ray import Embed, embed_dataset
+
+    source = folder / "texts.parquet"
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), source)
+    rows = []
+    start = time.perf_counter()
+    table = pq.read_table(source)
+    embed = Embed(model, threads=cpus)
+    pq.write_table(embed(table), folder / "in_process.parquet")
+    rows.append({"setup": f"in-process Embedder, {cpus} threads", "texts_per_s": len(texts) / (time.perf_counter() - start)})
+    del embed
+    ray.init(num_cpus=cpus, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    deadline = time.monotonic() + 60  # on a loaded machine the node's CPUs show up a while after init
+    while ray.cluster_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(1)
+    try:
+        for actors in (1, 2):
+            start = time.perf_counter()
+            ds = embed_dataset(ray.data.read_parquet(str(source)), model, actors=actors, cpus_per_actor=1,
+                               batch_size=batch_size)
+            ds.write_parquet(str(folder / f"ray_{actors}"))
+            seconds = time.perf_counter() - start
+            rows.append({"setup": f"Ray Data, {actors} actor(s) x 1 CPU, batch {batch_size}",
+                         "texts_per_s": len(texts) / seconds, "stats": ds.stats()})
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="an exported embedder folder")
+    parser.add_argument("--passages", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ray-texts", type=int, default=20_000, help="0 skips the Ray part")
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    parser.add_argument("--ray-batch-size", type=int, default=1024)
+    args = parser.parse_args(argv)
+
+    texts = passages(args.passages)
+    print(f"## Wrapper overhead: {len(texts)} SciFact passages (64-word pieces), {args.threads} threads, "
+          f"best of {args.rounds}\n\n| path | s | texts/s | over encode_corpus |\n|---|---|---|---|")
+    for row in measure_wrappers(args.model, texts, threads=args.threads, rounds=args.rounds):
+        print(f"| {row['path']} | {row['seconds']:.3f} | {row['texts_per_s']:.1f} | {row['overhead_pct']:+.2f}% |")
+    if args.ray_texts:
+        first, second, _ = stsb_pairs()
+        pool = list(dict.fromkeys(first + second)) + passages(args.ray_texts)
+        ray_texts = pool[:args.ray_texts]
+        print(f"\n## Ray Data: {len(ray_texts)} texts (STS-B sentences, then SciFact pieces), Parquet in and out, "
+              f"{args.ray_cpus} CPUs\n\n| setup | texts/s end to end |\n|---|---|")
+        with tempfile.TemporaryDirectory() as folder:
+            rows = measure_ray(args.model, ray_texts, cpus=args.ray_cpus, batch_size=args.ray_batch_size,
+                               folder=Path(folder))
+        for row in rows:
+            print(f"| {row['setup']} | {row['texts_per_s']:.1f} |")
+        for row in rows:
+            if "stats" in row:
+                print(f"\n### {row['setup']}: ds.stats()\n\n```\n{row['stats']}\n```")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
