@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 EXPORT_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup export demo test bench bench-avx2 bench-rerank soak gpu-payload clean
+.PHONY: help setup export demo test docs bench bench-avx2 bench-rerank soak gpu-payload clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of PyTorch first (a plain `torch` requirement would fetch GBs of CUDA).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,test]'
+	$(PY) -m pip install -q -e '.[cpu,export,test,eval,serve,corpus,docs,langchain,llama-index,haystack,mteb,ray,test-integrations]' torch==2.13.0
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with bgeort, the export stack and the test tools
@@ -30,9 +30,12 @@ export: setup  ## export SOURCE (hub id or local folder) to OUT/NAME, then embed
 test: setup  ## run the test suite (exports tiny models and the real MiniLM from ../shared)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+docs: setup  ## build the docs site into site/ (strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	# Naming torch==2.13.0 again keeps the CPU build from setup: pip may not swap it for a CUDA one.
-	$(PY) -m pip install -q -e '.[cpu,export,test,bench]' torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,export,test,bench,bench-serve]' torch==2.13.0
 	touch $@
 
 bench: $(VENV)/.bench-installed  ## CPU benchmark vs sentence-transformers, fastembed, optimum -> bench/results/cpu.md (~25 min; BENCH_ARGS=--quick for a smoke run)
@@ -59,11 +62,14 @@ clean:  ## remove the virtual environment and exported models
 MODEL ?= models/bge-small-en-v1.5
 RERANKER ?=
 EVAL_ARGS ?=
-.PHONY: eval
+.PHONY: eval eval-mteb
 
 $(VENV)/.eval-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,export,test,eval]' torch==2.13.0
 	touch $@
+
+eval-mteb: setup  ## the MTEB harness (mteb.evaluate, offline) on STS-B, SICK-R, SciFact with MODEL: equals make eval and the published scores
+	$(PY) -m bench.eval_mteb $(MODEL)
 
 eval: $(VENV)/.eval-installed  ## score MODEL (each precision, PyTorch, published MTEB) on STS, SciFact, Banking77 -> bench/results/eval-<name>.md
 	$(PY) -m bench.eval $(MODEL) $(if $(RERANKER),--reranker $(RERANKER)) $(EVAL_ARGS)

@@ -12,7 +12,7 @@ from .errors import (BgeortError, DeviceError, MissingDependencyError, ModelFold
 from .manifest import FORMAT_VERSION, Manifest, load_manifest
 from .reranker import Ranking, Reranker
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Embedder",

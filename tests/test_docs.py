@@ -6,8 +6,8 @@ The convention, for whoever writes README.md or a page under docs/:
   ``python``/``py`` blocks run in a fresh Python process; ``sh``/``bash``/``shell`` blocks run
   with ``bash -e``. ``text``, ``json``, ``yaml`` and ``toml`` blocks are shown output or data
   and are not run.
-- Each block runs on its own (a block defines what it uses), with its working directory a scratch
-  folder holding ``models/<name>`` links to the tiny models the tests export (``MODEL_LINKS``
+- A page's blocks run in order, each in a fresh process, in a scratch folder of that page (so a
+  block may use a file an earlier block of its page wrote) holding ``models/<name>`` links to the tiny models the tests export (``MODEL_LINKS``
   below), and ``PATH`` starting with this venv's ``bin``, so blocks keep their real-looking paths:
   ``bgeort.Embedder("models/bge-small-en-v1.5")``, ``bgeort doctor models/bge-reranker-base``.
 - A block that cannot run here (a pip install, a hub download, a real export, a GPU, a server
@@ -107,17 +107,25 @@ def test_blocks_follow_the_convention():
 
 
 @pytest.fixture(scope="module")
-def scratch(request, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("docs-scratch")
-    (folder / "models").mkdir()
-    for name, fixture in MODEL_LINKS.items():
-        (folder / "models" / name).symlink_to(request.getfixturevalue(fixture), target_is_directory=True)
-    return folder
+def scratches(request, tmp_path_factory) -> dict:
+    """A scratch folder per page, made on its first block: a page's blocks run in order in it."""
+    folders = {}
+
+    def folder_for(page: Path) -> Path:
+        if page not in folders:
+            folder = folders[page] = tmp_path_factory.mktemp("docs-scratch")
+            (folder / "models").mkdir()
+            for name, fixture in MODEL_LINKS.items():
+                (folder / "models" / name).symlink_to(request.getfixturevalue(fixture), target_is_directory=True)
+        return folders[page]
+
+    return folder_for
 
 
 @pytest.mark.export
 @pytest.mark.parametrize("block", RUNNABLE, ids=[block.name for block in RUNNABLE])
-def test_code_block_runs(block: Block, scratch: Path):
+def test_code_block_runs(block: Block, scratches):
+    scratch = scratches(block.file)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONWARNINGS="default")
     env.pop("PYTHONPATH", None)  # the docs' reader has bgeort installed, not this checkout on its path

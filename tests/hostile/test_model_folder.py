@@ -66,7 +66,9 @@ FAULTS = {
     "tokenizer absolute": (lambda f: edit(f, lambda m: m.update(tokenizer_file=str(f / "tokenizer.json"))),
                            "which is not a plain file name"),
     "wrong output": (lambda f: edit(f, lambda m: m.update(output="pooled")), "has no output 'pooled'"),
-    "wrong dim": (lambda f: edit(f, lambda m: m.update(dim=64)), "gives 32-dimensional vectors, but bgeort.json says dim 64"),
+    "wrong dim": (lambda f: edit(f, lambda m: (m.update(dim=64), m.pop("quantization_ranges", None))),
+                  "gives 32-dimensional vectors, but bgeort.json says dim 64"),
+    "ranges of another dim": (lambda f: edit(f, lambda m: m.update(dim=64)), "'quantization_ranges'.'min' must be 64"),
 }
 
 
