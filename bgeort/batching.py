@@ -45,16 +45,8 @@ def plan_batches(lengths, *, batch_size: int, max_tokens: int | None = None) -> 
     return batches
 
 
-# Defaults per device: (texts per batch, padded tokens per batch). A GPU wants large batches to
-# fill its cores. On CPU small batches win: the attention scores of a batch (batch x heads x length^2
-# floats) stay in cache, and at 2+ threads each batch fits the side-by-side sessions (model.py).
-# bge-small shape int8, budget 128 against 2048 (interleaved, this Xeon): SciFact chunks (~330
-# tokens, so one per batch) +53% at 1 thread, +75% at 2; the long-tailed mix +68% at 2; STS-B
-# sentences (~13 tokens, ~9 a batch) +23% at 1 and +3..21% at 2; fp32 chunks +33% at 2. (1024 and
-# 2048 were within 10% of each other; 2048 had beaten 32 texts with no budget by 1.3x on chunks.)
-# The budget also caps the attention buffers, so peak memory stays low. On CUDA (bge-small shape fp16,
-# H200, bench/gpu.py, 7 interleaved rounds): 1,024 texts a batch against 256, STS-B sentences +19%;
-# SciFact chunks and 512-token texts equal (the 65,536-token budget already makes their batches).
+# Defaults per device: (texts per batch, padded tokens per batch). On CPU small batches win (the
+# attention scores stay in cache); a GPU wants large ones (docs/design.md, "Batch defaults").
 DEVICE_DEFAULTS = {"cpu": (32, 128), "cuda": (1024, 65536)}
 
 

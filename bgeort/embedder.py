@@ -28,7 +28,7 @@ class Embedder:
                  max_batch_tokens: int | None = None, query_instruction_for_retrieval: str | None = None,
                  normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True,
                  side_by_side: bool | None = None):
-        """Open the model folder at `path` (see the README for every option).
+        """Open the model folder at `path` (every option: docs/api.md).
 
         `query_instruction_for_retrieval` and `normalize_embeddings` are FlagEmbedding's FlagModel
         options; None keeps what the manifest says (the model card's instruction; normalize for BGE).

@@ -22,27 +22,16 @@ from .tokenization import Encoded, TextTokenizer
 PRECISION_CHOICES = ("auto", "fp32", "fp32-unfused", "int8", "fp16")
 _SIDE_LOCK = threading.Lock()
 # On CPU, batches of at most this many padded tokens run side by side, one core each, on a second
-# single-threaded session; bigger ones run one at a time on all the cores. ORT splits a small GEMM
-# badly over threads: all-MiniLM-L6-v2 int8, 2 cores, STS-B sentences (batches of ~500 tokens):
-# 1 thread 735 texts/s, 2 threads in one run 930-1010, two 1-thread runs side by side 1290-1480;
-# SciFact chunks (2,048-token batches): 40-42 either way. The second session opens on first use.
+# single-threaded session: ORT splits small GEMMs badly over threads (docs/design.md, "Side by side").
 SIDE_BY_SIDE_TOKENS = 1024
-# The side session holds a second copy of the weights (and of onnxruntime's packed forms of them):
-# opened by default only for a graph this small. bge-small shape, 2 threads, passes over SciFact
-# chunks in single-text batches: int8 (38 MB) side by side 18.0 texts/s, RSS 298 MB, main session
-# alone 16.4 and 135 MB; fp32 (133 MB) 10.8 and 547 MB against 9.2 and 223 MB (past the model +
-# 300 MB bgeort keeps to). `side_by_side=True` opens it for any graph, False never.
+# The side session holds a second copy of the weights: by default only for a graph this small
+# (docs/design.md, "Side by side"). `side_by_side=True` opens it for any graph, False never.
 SIDE_SESSION_MAX_BYTES = 64 * 2**20
-# What a session holds per byte of graph file, where that is not ~1: onnxruntime's CPU provider
-# runs an fp16 graph in float32 and keeps the weights in both types. bge-small shape, one session
-# after a run: fp16 graph (66 MB) +207 MB, fp32 graph (133 MB) +159 MB. Counted as 3x, the fp16
-# graph gets no side session by default (with one, 2 threads over SciFact chunks peaked at 527 MB).
+# A session's memory per byte of graph file where that is not ~1: the CPU provider keeps an fp16
+# graph's weights in float32 too (docs/design.md, "Side by side").
 CPU_RESIDENT_FACTOR = {"fp16": 3}
-# On a GPU the host's tokenizing is most of the time and the GPU waits for it: bge-small shape fp16,
-# H200, 16 cores: 23k STS-B sentences 0.67 s, of which 0.16 tokenizing and 0.17 inside onnxruntime;
-# 2,048 texts past 512 tokens 1.17 s, 0.90 and 0.21. There, texts go this many at a time and the next
-# slice is tokenized while the GPU runs this one (tokenizers and onnxruntime both release the GIL):
-# sentences +7%, SciFact chunks +14%, long texts +1% (bench/results/gpu.md, "not pipelined" column).
+# On a GPU, texts go this many at a time and the next slice is tokenized while the GPU runs this one:
+# the host's tokenizing is most of the time there (docs/design.md, "Pipelined tokenizing").
 PIPELINE_TEXTS = 2048
 
 
@@ -52,9 +41,7 @@ def choose_precisions(manifest: Manifest, precision: str, device: str) -> list[s
     'auto' prefers int8 on CPU and fp16 on CUDA when the folder holds one that passed its parity
     check at export, then float32. An explicit precision is tried alone, except that 'fp32' may run
     either float32 graph: on CPU the plain exporter graph first, because onnxruntime's CPU kernels
-    for the fused operators are slower than the plain ones (bge-small shape, 1 thread, STS-B
-    sentences: 197 texts/s plain vs 169 fused, SkipLayerNormalization alone 21% of the int8 graph's
-    time when fused; SciFact chunks: equal), on CUDA the fused graph first.
+    for the fused operators are slower there (docs/design.md, "Fused or plain"), on CUDA the fused one.
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISION_CHOICES}")
@@ -254,9 +241,7 @@ class OpenModel:
 
     def _release_after(self):
         """Run options that shrink the CPU arena when the run ends: onnxruntime otherwise keeps every
-        block it ever allocated. bge-small shape int8, 2 threads, passes over SciFact chunks (memory
-        patterns off, bgeort/session.py): RSS between calls 290 MB -> 170 MB, peak 282 MB either way;
-        the next call allocates again (a few ms against seconds for such a call)."""
+        block it ever allocated (docs/design.md, "Memory between calls")."""
         if self.device != "cpu":
             return None
         if self._release is None:
@@ -328,11 +313,8 @@ _LIBC_TRIM = []  # [glibc's malloc_trim, or None where there is none], looked up
 def trim_heap() -> bool:
     """Hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
 
-    After the arena shrinks (_release_after) its blocks go back to malloc, but glibc keeps them:
-    freeing a large mmapped block raises its mmap threshold, so the next ones come from the heap and
-    stay there. bge-small shape int8, 2 threads, passes over SciFact chunks: RSS after each pass
-    181, 198, 210, 211, ... 220 MB without, 133 MB after every pass with (peak 347 -> 324 MB), for
-    ~5 ms a call against ~2.5 s, throughput unchanged. Returns whether it ran."""
+    After the arena shrinks (_release_after) glibc keeps the freed blocks in its heap (docs/design.md,
+    "Memory between calls"). Returns whether it ran."""
     if not _LIBC_TRIM:
         trim = None
         if os.name == "posix":

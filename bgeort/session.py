@@ -202,11 +202,8 @@ def this_cpu_needs_exact_int8() -> bool:
     return exact_int8_kernels_needed(platform.machine(), cpuinfo)
 
 
-# onnxruntime fusions left out on CPU because the unfused operators run faster there. BiasGelu (the
-# FFN's bias Add + GELU in one pass) ran 240 us against 181 us for the Add and onnxruntime's Gelu on
-# 115 x 1536 floats (1 thread, this Xeon); in the int8 graph, where the Add follows the per-token
-# scaling Mul, without it: bge-small shape, 1 thread, best of 15 interleaved runs per batch, STS-B
-# sentences +5%, SciFact chunks +3%, single query +6%; the fp32 graph +0..2%. Same numbers either way.
+# onnxruntime fusions left out on CPU because the unfused operators run faster there
+# (docs/design.md, "Fused or plain").
 CPU_DISABLED_FUSIONS = ("BiasGeluFusion",)
 
 
@@ -214,11 +211,8 @@ def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: boo
                     cpu: bool = True, memory_patterns: bool = False):
     options = ort.SessionOptions()
     if cpu and not memory_patterns:
-        # Memory patterns lay out every intermediate tensor of a run in one block, remembered per input
-        # shape; freeing tensors as they die peaks lower. bge-small shape int8, 2 threads, SciFact
-        # chunks: peak RSS 371-389 MB with patterns, 282-290 MB without, throughput within 1%
-        # (short sentences -3%, single query +1..7%). The side-by-side session, which only runs
-        # small batches, keeps them (bgeort/model.py).
+        # Without memory patterns tensors are freed as they die, which peaks lower; the side-by-side
+        # session keeps them (docs/design.md, "Memory between calls").
         options.enable_mem_pattern = False
     if this_cpu_needs_exact_int8() if exact_int8 is None else exact_int8:
         options.add_session_config_entry("session.x64quantprecision", "1")

@@ -44,13 +44,8 @@ class Encoded:
         return [self.flat_type_ids[s:s + n].tolist() for s, n in zip(self.starts, self.lengths)]
 
 
-# A text longer than this many characters per token of the limit is tokenized from a prefix of that
-# many characters, cut before a whitespace run: the Rust tokenizer otherwise reads every text whole
-# (to know it was truncated), which for texts far past the limit is most of the host's work (texts of
-# ~2,600 tokens at max_length 512: 0.83 s of 1.05 on an H200, bench/results/gpu.md). Exact for
-# tokenizers that split words at whitespace before anything else (WordPiece, Metaspace Unigram): the
-# tokens before the cut do not depend on what follows it. A prefix with fewer tokens than the limit
-# proves nothing, and the whole text is tokenized again.
+# A text longer than this many characters per token of the limit is tokenized from a prefix cut
+# before a whitespace run: exact for tokenizers that split at whitespace first (docs/design.md, "Prefixes").
 PREFIX_CHARS_PER_TOKEN = 8
 _WHITESPACE_SPLITTING = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace"}
 
