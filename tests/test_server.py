@@ -146,7 +146,7 @@ def test_rerank_equals_the_library(server, reranker, path):
     assert close([r["relevance_score"] for r in got["results"]], want.scores)
     assert all(0 <= r["relevance_score"] <= 1 and "document" not in r for r in got["results"])
     pairs = [(QUERY, document) for document in DOCUMENTS]
-    assert got["usage"]["total_tokens"] == int(reranker._score_counted(pairs, normalize=False)[2].sum())
+    assert got["usage"]["total_tokens"] == int(reranker.score_window(pairs, normalize=False)[2].sum())
     raw = reranker.rerank(QUERY, DOCUMENTS, normalize=False, top_k=2)
     got = post(server, path, {"query": QUERY, "documents": [{"text": d} for d in DOCUMENTS], "top_n": 2,
                               "return_documents": True, "raw_scores": True}).json()
