@@ -115,6 +115,21 @@ def row_id(record: formats.Record, field: str | None, number: int):
     return str(value)
 
 
+def reject(exc: RowError, record, number: int, *, on_error: str, rejected: list) -> None:
+    """A bad row: stop with it (the default: nothing after it is written), or set it aside with its reason."""
+    if on_error == "stop":
+        raise RowError(f"{exc}. The rows before its chunk are saved; fix the row, or pass "
+                       "--on-error skip to set such rows aside, and run again") from None
+    rejected.append({"row": number, "where": record.where, "reason": str(exc), "fields": record.fields})
+
+
+def add_totals(totals: dict, *, count: int, lengths, truncated, rejected: list, seconds: float) -> dict:
+    """The job's running totals after one chunk (saved with each part, so a resumed job counts on)."""
+    return {"texts": totals["texts"] + count, "tokens": totals["tokens"] + int(lengths.sum()),
+            "truncated": totals["truncated"] + int(truncated.sum()), "rejected": totals["rejected"] + len(rejected),
+            "seconds": totals["seconds"] + seconds}
+
+
 def chunks(stream, size: int):
     while chunk := list(itertools.islice(stream, size)):
         yield chunk

@@ -83,19 +83,13 @@ def embed_files(args) -> int:
                     ids.append(corpus.row_id(record, args.id_field, number))
                     texts.append(instruction + text)
                 except corpus.RowError as exc:
-                    if args.on_error == "stop":
-                        raise corpus.RowError(f"{exc}. The rows before its chunk are saved; fix the row, or pass "
-                                              "--on-error skip to set such rows aside, and run again") from None
-                    rejected.append({"row": number, "where": record.where, "reason": str(exc),
-                                     "fields": record.fields})
+                    corpus.reject(exc, record, number, on_error=args.on_error, rejected=rejected)
                 number += 1
             vectors, truncated, lengths = model.embed_window(texts, max_length=args.max_length)
             columns = {"id": ids, "embedding": model.quantize(vectors, args.output_dtype),
                        "tokens": lengths.astype(np.int32), "truncated": truncated}
-            totals = {"texts": totals["texts"] + len(texts), "tokens": totals["tokens"] + int(lengths.sum()),
-                      "truncated": totals["truncated"] + int(truncated.sum()),
-                      "rejected": totals["rejected"] + len(rejected),
-                      "seconds": totals["seconds"] + time.perf_counter() - started}
+            totals = corpus.add_totals(totals, count=len(texts), lengths=lengths, truncated=truncated,
+                                       rejected=rejected, seconds=time.perf_counter() - started)
             started = time.perf_counter()
             partial.commit(columns, rows_read=number, rejected=rejected, totals=totals)
             progress.update(len(chunk), int(lengths.sum()))

@@ -98,11 +98,7 @@ def rerank_files(args) -> int:
                     query, passages, _ = row_pairs(record, args)
                     owner = (number, corpus.row_id(record, args.id_field, number))
                 except corpus.RowError as exc:
-                    if args.on_error == "stop":
-                        raise corpus.RowError(f"{exc}. The rows before its chunk are saved; fix the row, or pass "
-                                              "--on-error skip to set such rows aside, and run again") from None
-                    rejected.append({"row": number, "where": record.where, "reason": str(exc),
-                                     "fields": record.fields})
+                    corpus.reject(exc, record, number, on_error=args.on_error, rejected=rejected)
                 else:
                     pairs += [(query, passage) for passage in passages]
                     owners += [(owner, index) for index in range(len(passages))]
@@ -110,10 +106,8 @@ def rerank_files(args) -> int:
             scores, truncated, lengths = model.score_window(pairs, normalize=args.normalize,
                                                             max_length=args.max_length)
             columns = ranked_columns(owners, scores, top_k=args.top_k)
-            totals = {"texts": totals["texts"] + len(pairs), "tokens": totals["tokens"] + int(lengths.sum()),
-                      "truncated": totals["truncated"] + int(truncated.sum()),
-                      "rejected": totals["rejected"] + len(rejected),
-                      "seconds": totals["seconds"] + time.perf_counter() - started}
+            totals = corpus.add_totals(totals, count=len(pairs), lengths=lengths, truncated=truncated,
+                                       rejected=rejected, seconds=time.perf_counter() - started)
             started = time.perf_counter()
             partial.commit(columns, rows_read=number, rejected=rejected, totals=totals)
             progress.update(len(chunk), int(lengths.sum()))
