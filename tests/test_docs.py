@@ -14,6 +14,10 @@ The convention, for whoever writes README.md or a page under docs/:
   that does not stop) has, on the nearest non-blank line before it, an HTML comment with the
   reason: ``<!-- not run: needs a CUDA GPU -->``. A marker without a reason, or one that is not
   followed by a runnable block, fails the test.
+- A page whose blocks call a server declares it once, anywhere on the page:
+  ``<!-- docs server: bgeort serve models/bge-small-en-v1.5 -->``. Before the page's first block
+  runs, the test starts that command in the page's scratch folder, waits for ``GET
+  http://127.0.0.1:8000/health`` (the port the pages use), and stops it when the module ends.
 
 The performance pages include bench/results/*.md through pymdownx.snippets, so a committed result
 that no page includes fails `test_every_committed_result_is_in_the_docs`.
@@ -26,6 +30,9 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +44,9 @@ RUN_AS = {"python": "python", "py": "python", "sh": "bash", "bash": "bash", "she
 SHOWN = {"text", "json", "yaml", "toml"}
 FENCE = re.compile(r"^(```|~~~)\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*not run:(.*?)-->\s*$")
+SERVER = re.compile(r"^<!--\s*docs server:(.*?)-->\s*$", flags=re.MULTILINE)
+SERVER_URL = "http://127.0.0.1:8000"
+SERVER_START_S = 120
 # models/<name> in the scratch folder -> the fixture exported for it (tests/conftest.py).
 MODEL_LINKS = {"bge-small-en-v1.5": "tiny_model", "bge-reranker-base": "bert_reranker"}
 BLOCK_TIMEOUT_S = 120
@@ -122,13 +132,59 @@ def scratches(request, tmp_path_factory) -> dict:
     return folder_for
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def servers(scratches):
+    """The server a page declares, started once in the page's scratch folder and stopped at the end."""
+    started = {}
+
+    def stop(process) -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def ensure(page: Path, env: dict) -> None:
+        for other in [other for other in started if other != page]:  # one page's server at a time, on one port
+            stop(started.pop(other))
+        declared = SERVER.search(page.read_text(encoding="utf-8"))
+        if declared is None or page in started:
+            return
+        command = declared.group(1).strip()
+        assert command, f"{page.name}: a docs server marker without a command"
+        assert not _answers(f"{SERVER_URL}/health"), (
+            f"{SERVER_URL} already answers before {page.name}'s server starts: stop what listens on port 8000")
+        log = scratches(page) / "server.log"
+        process = started[page] = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=scratches(page), env=env,
+                                                    stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_S
+        while not _answers(f"{SERVER_URL}/health"):
+            assert process.poll() is None, f"{command!r} exited {process.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{command!r} not ready in {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+    yield ensure
+    for process in started.values():
+        stop(process)
+
+
 @pytest.mark.export
 @pytest.mark.parametrize("block", RUNNABLE, ids=[block.name for block in RUNNABLE])
-def test_code_block_runs(block: Block, scratches):
+def test_code_block_runs(block: Block, scratches, servers):
     scratch = scratches(block.file)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONWARNINGS="default")
     env.pop("PYTHONPATH", None)  # the docs' reader has bgeort installed, not this checkout on its path
+    servers(block.file, env)
     command = ([sys.executable, "-c", block.code] if RUN_AS[block.language] == "python"
                else ["bash", "-e", "-o", "pipefail", "-c", block.code])
     done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
