@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of PyTorch first (a plain `torch` requirement would fetch GBs of CUDA).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,test,eval,serve,corpus,docs,langchain,llama-index,haystack,mteb,ray,test-integrations]' torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,export,test,eval,serve,corpus,docs,langchain,llama-index,haystack,mteb,ray,test-integrations,bench,bench-serve]' torch==2.13.0
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with bgeort, the export stack and the test tools
