@@ -9,6 +9,7 @@ from .aio import AsyncEmbedder, AsyncReranker, BatchStats, InferenceThread
 from .embedder import Embedder
 from .errors import (BgeortError, DeviceError, MissingDependencyError, ModelFolderError, QueueFullError,
                      TruncationWarning)
+from .m3 import M3Embedder
 from .manifest import FORMAT_VERSION, Manifest, load_manifest
 from .reranker import Ranking, Reranker
 
@@ -16,6 +17,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Embedder",
+    "M3Embedder",
     "Reranker",
     "Ranking",
     "AsyncEmbedder",

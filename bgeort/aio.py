@@ -50,6 +50,8 @@ class Embedded(NamedTuple):
     vectors: np.ndarray
     token_counts: np.ndarray
     truncated: np.ndarray
+    # bge-m3 folders, when asked (embed(..., sparse=True)): per text (int64 token ids ascending, float32 weights)
+    sparse: list | None = None
 
 
 class Scored(NamedTuple):
@@ -305,27 +307,54 @@ class AsyncEmbedder(_AsyncModel):
         super().__init__(model, max_queue=max_queue, max_batch_texts=max_batch_texts, runner=runner, options=options)
 
     def _run(self, key: tuple, items: list[str]):
-        (max_length,) = key
-        return self.model.embed_window(items, max_length=max_length, normalize=False)
+        max_length, sparse = key
+        if not sparse:
+            return self.model.embed_window(items, max_length=max_length, normalize=False)
+        out, truncated, lengths = self._m3().embed_window(items, max_length=max_length, sparse=True, normalize=False)
+        rows = np.empty(len(items), dtype=object)  # (vector, ids, weights) per text, sliced per request
+        rows[:] = list(zip(out["dense_vecs"], out["sparse_indices"], out["sparse_values"]))
+        return rows, truncated, lengths
+
+    def _m3(self):
+        if getattr(self, "_m3_model", None) is None:
+            from .m3 import M3Embedder
+
+            self._m3_model = M3Embedder.around(self.model)
+        return self._m3_model
+
+    @property
+    def has_sparse(self) -> bool:
+        """Whether the folder gives lexical weights (bge-m3)."""
+        return self.model.manifest.m3 is not None
 
     async def embed(self, texts, *, instruction: str = "none", max_length: int | None = None,
-                    normalize: bool | None = None) -> Embedded:
+                    normalize: bool | None = None, sparse: bool = False) -> Embedded:
         """Vectors (N, dim) with the tokens each text ran with; `instruction` 'query' prepends the
-        model's query instruction, 'passage' its passage instruction (if any), 'none' nothing."""
+        model's query instruction, 'passage' its passage instruction (if any), 'none' nothing.
+        `sparse=True` (bge-m3 folders) adds each text's lexical weights as (ids, weights) arrays."""
         items = check_texts([texts] if isinstance(texts, str) else texts)
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True, False or None (the model's setting), got {normalize!r}")
+        if sparse and not self.has_sparse:
+            raise ValueError(f"{self.model.path} gives no sparse output (it is not a bge-m3 folder); "
+                             "ask for dense vectors only")
         length = self.model._resolve_max_length(max_length)
         items = self._instructed(items, instruction)
         if not items:
             return Embedded(np.zeros((0, self.model.dim), dtype=np.float32), np.zeros(0, dtype=np.int64),
-                            np.zeros(0, dtype=bool))
-        vectors, truncated, lengths = await self._queue.submit(items, (length,))
+                            np.zeros(0, dtype=bool), [] if sparse else None)
+        rows, truncated, lengths = await self._queue.submit(items, (length, bool(sparse)))
+        weights = None
+        if sparse:
+            weights = [(ids, values) for _, ids, values in rows]
+            vectors = np.stack([vector for vector, _, _ in rows]).astype(np.float32, copy=False)
+        else:
+            vectors = rows
         if truncated.any():
             warn_truncated(truncated, length)
         if self.model.normalize_embeddings if normalize is None else normalize:
             vectors = l2_normalize(vectors)
-        return Embedded(vectors, lengths, truncated)
+        return Embedded(vectors, lengths, truncated, weights)
 
     async def encode(self, texts, **options) -> np.ndarray:
         """As `Embedder.encode`: a list gives float32 (N, dim), a single str (dim,)."""

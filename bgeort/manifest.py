@@ -82,6 +82,9 @@ class Manifest:
     # per-dimension {"min": [...], "max": [...], "corpus": ..., "texts": N} of the float32 vectors of
     # export/calibration.py's texts: what int8/uint8 stored vectors are scaled by (bgeort/quantize.py)
     quantization_ranges: dict | None = None
+    # bge-m3 folders only: the graph's per-token outputs beside the dense vector (which is `output`),
+    # {"sparse_output", "colbert_output", "colbert_dim", "unused_token_ids"} (bgeort/m3.py reads them)
+    m3: dict | None = None
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -116,7 +119,8 @@ _TOP_LEVEL = {
     "variants": (dict,),
     "provenance": (dict,),
 }
-_TOP_LEVEL_OPTIONAL = {"quantization_ranges": (dict,)}
+_TOP_LEVEL_OPTIONAL = {"quantization_ranges": (dict,), "m3": (dict,)}
+_M3 = {"sparse_output": (str,), "colbert_output": (str,), "colbert_dim": (int,), "unused_token_ids": (list,)}
 _VARIANT = {"file": (str,), "sha256": (str,), "bytes": (int,), "devices": (list,), "parity": (dict,)}
 _VARIANT_OPTIONAL = {"output": (str,), "weight_bits": (int,), "data_file": (str,), "data_sha256": (str,),
                      "data_bytes": (int,)}
@@ -237,6 +241,11 @@ def parse_manifest(data: object, path: Path) -> Manifest:
         )
     if "quantization_ranges" in data:
         _check_ranges(data["quantization_ranges"], data["dim"], fail)
+    if "m3" in data:
+        _check_keys(data["m3"], _M3, "'m3'", fail)
+        if data["kind"] != "embedder" or data["m3"]["colbert_dim"] < 1 or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in data["m3"]["unused_token_ids"]):
+            raise fail("'m3' needs an embedder, a positive 'colbert_dim' and non-negative integer 'unused_token_ids'")
     fields = {key: data[key] for key in [*_TOP_LEVEL, *_TOP_LEVEL_OPTIONAL] if key != "format" and key in data}
     fields["inputs"] = tuple(data["inputs"])
     fields["variants"] = variants

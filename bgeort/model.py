@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .batching import plan_batches
+from .batching import attention_budget, plan_batches
 from .errors import BgeortError, DeviceError, ModelFolderError
 from .manifest import Manifest, load_manifest, rebuild_hint, sha256_file
 from .session import available_providers, choose_providers, default_threads, import_onnxruntime, open_session
@@ -192,18 +192,32 @@ class OpenModel:
                     reduce: Callable[[np.ndarray, dict], np.ndarray], width: int) -> np.ndarray:
         """Run every input through the model, batched by length; `reduce` maps (output, feed) to
         one row of `width` values per input. Rows come back in input order."""
+        out = np.empty((len(encoded), width), dtype=np.float32)
+
+        def collect(indices: np.ndarray, results: list, arrays: dict) -> None:
+            out[indices] = reduce(results[0], arrays)
+
+        self.run_each(encoded, batch_size=batch_size, max_tokens=max_tokens, outputs=(self.output_name,),
+                      collect=collect)
+        return out
+
+    def run_each(self, encoded: Encoded, *, batch_size: int, max_tokens: int | None, outputs: tuple[str, ...],
+                 collect: Callable[[np.ndarray, list, dict], None]) -> None:
+        """Run every input through the model, batched by length, fetching the graph outputs `outputs`;
+        `collect(indices, results, feed)` takes each batch's results (one array per output, rows in
+        the order of `indices`). Batches may run on several threads at once, each with its own indices."""
         if self.session is None:
             raise BgeortError(f"the model {self.path} was closed; open the folder again to use it")
-        out = np.empty((len(encoded), width), dtype=np.float32)
+        names = list(outputs)
 
         def run(indices: np.ndarray, session, options=None) -> None:
             arrays = self.tokenizer.pad(encoded, indices)
             feed = {name: arrays[name] for name in self.input_names}
             try:
                 if self.device == "cpu":
-                    (result,) = session.run([self.output_name], feed, options)
+                    results = session.run(names, feed, options)
                 else:
-                    result = run_bound(session, feed, self.output_name, self.device)
+                    results = run_bound(session, feed, names, self.device)
             except Exception as exc:  # onnxruntime raises its own types
                 if len(indices) == 1 or not out_of_memory(exc):
                     raise
@@ -212,9 +226,10 @@ class OpenModel:
                 run(indices[:half], session, options)
                 run(indices[half:], session, options)
                 return
-            out[indices] = reduce(result, arrays)
+            collect(indices, results, arrays)
 
-        batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens)
+        batches = plan_batches(encoded.lengths, batch_size=batch_size, max_tokens=max_tokens,
+                               max_attention=attention_budget(self.device))
         fits = [len(b) * int(encoded.lengths[b].max()) <= SIDE_BY_SIDE_TOKENS for b in batches]
         release = None if all(fits) else self._release_after()  # small runs reuse a small arena
         if self.device == "cpu" and self.threads > 1 and self.side_by_side and sum(fits) > 1:
@@ -230,7 +245,6 @@ class OpenModel:
             run(indices, self.session, release if i == len(batches) - 1 else None)
         if release is not None:
             trim_heap()
-        return out
 
     def _warn_split(self, rows: int, exc: Exception) -> None:
         if not self._split_warned:
@@ -333,16 +347,17 @@ def trim_heap() -> bool:
     return True
 
 
-def run_bound(session, feed: dict[str, np.ndarray], output: str, device: str) -> np.ndarray:
-    """One run with IOBinding: inputs copied to the device once, the output left there by the run
+def run_bound(session, feed: dict[str, np.ndarray], outputs: list[str], device: str) -> list[np.ndarray]:
+    """One run with IOBinding: inputs copied to the device once, the outputs left there by the run
     and copied back whole once (for a graph that pools inside, one row per text)."""
     kind, _, index = device.partition(":")
     binding = session.io_binding()
     for name, array in feed.items():
         binding.bind_cpu_input(name, array)
-    binding.bind_output(output, kind, int(index or 0))
+    for output in outputs:
+        binding.bind_output(output, kind, int(index or 0))
     session.run_with_iobinding(binding)
-    return binding.copy_outputs_to_cpu()[0]
+    return binding.copy_outputs_to_cpu()
 
 
 def resident_bytes(variant, name: str, device: str) -> int:

@@ -170,6 +170,10 @@ class TextTokenizer:
             owners.append(index)
         return _collect(rows, truncated), np.asarray(owners, dtype=np.int64)
 
+    def decode_id(self, token_id: int) -> str:
+        """The text of one token id, as the tokenizer decodes it alone."""
+        return self._untruncated.decode([token_id])
+
     def count_tokens(self, inputs: list) -> np.ndarray:
         """Tokens per input with no truncation at all, special tokens included."""
         encodings = _encode_checked(self._untruncated, inputs, True, "texts[{}]")

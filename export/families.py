@@ -23,6 +23,7 @@ class Family:
     max_length: int
     query_instruction: str = ""
     passage_instruction: str = ""
+    heads: str = ""  # "m3": bge-m3's sparse and ColBERT heads beside the dense vector (export/m3.py)
 
 
 def _bge(size: str, language: str) -> Family:
@@ -42,6 +43,9 @@ FAMILIES: dict[str, Family] = {
     family.name: family
     for family in [
         *(_bge(size, language) for language in ("en", "zh") for size in ("small", "base", "large")),
+        # XLM-RoBERTa, 8194 positions: 8192 tokens; no instruction (the model card: none needed)
+        Family(name="bge-m3", hub_id="BAAI/bge-m3", kind="embedder", pooling="cls", normalize=True,
+               max_length=8192, heads="m3"),
         _reranker("bge-reranker-base", 512),
         _reranker("bge-reranker-large", 512),
         # bge-m3's backbone: 8194 positions, so 8192 tokens of pair (FlagReranker's default call uses 512)

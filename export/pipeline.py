@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bgeort.manifest import POOLED_OUTPUT, Manifest, Variant, dump_manifest, sha256_file
 
-from . import graphfile, int8, stages, verify
+from . import graphfile, int8, m3, stages, verify
 from .calibration import calibration_texts
 from .families import DEFAULT_SOURCE, Family, find_family
 from .source import ExportError, FolderFacts, position_limit, read_folder_facts, resolve_source
@@ -37,7 +37,7 @@ DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["c
 SEPARATE_STAGES_BYTES = 256 * 2**20
 # Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 KINDS = {
-    "embedder": {"model_types": ("bert",), "task": "feature-extraction", "output": "last_hidden_state"},
+    "embedder": {"model_types": ("bert", "xlm-roberta"), "task": "feature-extraction", "output": "last_hidden_state"},
     "reranker": {"model_types": ("bert", "xlm-roberta"), "task": "text-classification", "output": "logits"},
 }
 
@@ -55,6 +55,7 @@ class Settings:
     passage_instruction: str
     resolved_from: dict
     trust_remote_code: bool = False  # pass it to transformers and optimum (check_remote_code says when)
+    heads: str = ""  # "m3": bge-m3's sparse and ColBERT heads go into the graph (export/m3.py)
 
 
 def log(message: str) -> None:
@@ -112,6 +113,7 @@ def resolve_settings(source_given: str, config: dict, facts: FolderFacts, family
         query_instruction=family.query_instruction if family else "",
         passage_instruction=family.passage_instruction if family else "",
         resolved_from={"origin": origin, "found_in_source": facts.notes},
+        heads=family.heads if family else "",
     )
 
 
@@ -133,12 +135,17 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     facts = read_folder_facts(resolved.root, resolved.folder, config)
     settings = resolve_settings(source, config, facts, row, name=name, pooling=pooling, max_length=max_length)
     settings = dataclasses.replace(settings, trust_remote_code=trust_remote_code)
+    found_heads = m3.head_files(resolved.folder)
+    if settings.kind == "embedder" and (settings.heads == "m3" or found_heads):
+        m3.require_heads(resolved.folder, source)  # a family row, or any head file, asks for both
+        settings = dataclasses.replace(settings, heads="m3", pooling="cls")
     supported = KINDS[settings.kind]["model_types"]
     if config.get("model_type") not in supported:
         raise ExportError(f"{source} is a {config.get('model_type')!r} model; the {settings.kind} export supports "
                           f"{supported}")
-    log(f"{source} -> {settings.name}: {settings.kind}, {row.name if row else 'generic'} path, "
-        f"pooling={settings.pooling}, normalize={settings.normalize}, max_length={settings.max_length}")
+    log(f"{source} -> {settings.name}: {settings.kind}{' (bge-m3 heads)' if settings.heads else ''}, "
+        f"{row.name if row else 'generic'} path, pooling={settings.pooling}, normalize={settings.normalize}, "
+        f"max_length={settings.max_length}")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +198,12 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
     plain = staging / FILES["fp32-unfused"]
     used_opset = stage(stages.export_onnx, resolved.folder, plain, task=KINDS[settings.kind]["task"], opset=opset,
                        trust_remote_code=settings.trust_remote_code)
+    multi = None
+    if settings.heads == "m3":
+        log("adding bge-m3's sparse and ColBERT heads to the graph")
+        colbert_dim = stage(m3.add_heads, plain, plain, source_folder=resolved.folder, hidden=hidden)
+        multi = {"sparse_output": m3.SPARSE_OUTPUT, "colbert_output": m3.COLBERT_OUTPUT, "colbert_dim": colbert_dim,
+                 "unused_token_ids": m3.unused_token_ids(resolved.folder, trust_remote_code=settings.trust_remote_code)}
     built = {"fp32-unfused": {}}
     if precisions:  # int8 and fp16 are made from the fused graph
         log("fusing for ONNX Runtime")
@@ -212,12 +225,12 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         log("converting to fp16")
         stage(stages.convert_fp16, staging / FILES["fp32"], staging / FILES["fp16"])
         built["fp16"] = {}
-        if settings.kind == "embedder":  # the CUDA variant pools inside the graph (see add_pooling)
+        if settings.kind == "embedder" and not multi:  # the CUDA variant pools inside the graph (see add_pooling)
             stage(stages.add_pooling, staging / FILES["fp16"], staging / FILES["fp16"], pooling=settings.pooling)
             built["fp16"] = {"pooled_in_graph": True}
 
     built["fp32-unfused"] = {"folded_shape_tensors": stage(stages.fold_plain, plain)}
-    if settings.kind == "reranker" or settings.pooling == "cls":
+    if not multi and (settings.kind == "reranker" or settings.pooling == "cls"):
         # Only the first token's state is read: the last layer computes that row alone. A CLS
         # embedder's token-state output becomes [batch, 1, dim], still pooled (row 0) in numpy.
         log("computing the last layer for the first token only")
@@ -227,9 +240,15 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
                                                first_row_outputs=first_rows)
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
-    dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset), staging)
+    dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset, multi), staging)
 
-    if settings.kind == "reranker":
+    if multi:
+        probes = verify.probe_texts(settings.max_length)
+        log(f"computing the PyTorch reference (encoder + bge-m3 heads) on {len(probes)} probe texts")
+        reference = stage(m3.torch_reference, resolved.folder, probes, max_length=settings.max_length,
+                          trust_remote_code=settings.trust_remote_code)
+        check = m3.check_variant
+    elif settings.kind == "reranker":
         probes = verify.probe_pairs(settings.max_length)
         log(f"computing the PyTorch reference on {len(probes)} probe pairs")
         reference = stage(verify.torch_reranker_reference, resolved.folder, probes, max_length=settings.max_length,
@@ -247,7 +266,8 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         parity = {**stage(check, staging, precision, probes, reference), **extra}
         status = "ok" if parity["passed"] else "FAILED: " + "; ".join(parity["failures"])
         numbers = ", ".join(f"{key} {value:.6g}" for key, value in parity.items()
-                            if key in ("max_abs_diff", "min_cosine", "mean_cosine", "spearman", "top1_agreement"))
+                            if key in ("max_abs_diff", "min_cosine", "mean_cosine", "spearman", "top1_agreement",
+                                       *m3.THRESHOLDS["fp32"], *m3.THRESHOLDS["int8"], *m3.THRESHOLDS["fp16"]))
         log(f"{precision:13s} {numbers}  {status}")
         if parity["passed"]:
             checked[precision] = _variant(staging, precision, parity)
@@ -256,7 +276,7 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
             log(f"{precision} variant not written")
     if not ({"fp32", "fp32-unfused"} & set(checked)):
         raise ExportError("no fp32 graph matched the PyTorch reference; nothing was written")
-    manifest = _manifest(resolved, config, settings, staging, checked, used_opset)
+    manifest = _manifest(resolved, config, settings, staging, checked, used_opset, multi)
     if settings.kind == "embedder":  # what int8/uint8 stored vectors are scaled by (bgeort/quantize.py)
         log("measuring the vectors' per-dimension ranges for int8/uint8 storage")
         dump_manifest(manifest, staging)
@@ -279,7 +299,8 @@ def _variant(staging: Path, precision: str, parity: dict) -> Variant:
                    **data_fields)
 
 
-def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int) -> Manifest:
+def _manifest(resolved, config, settings: Settings, staging: Path, variants: dict, opset: int,
+              multi: dict | None = None) -> Manifest:
     return Manifest(
         kind=settings.kind,
         name=settings.name,
@@ -292,7 +313,7 @@ def _manifest(resolved, config, settings: Settings, staging: Path, variants: dic
         tokenizer_file="tokenizer.json",
         tokenizer_sha256=sha256_file(staging / "tokenizer.json"),
         inputs=tuple(stages.graph_inputs(staging / FILES["fp32-unfused"])),
-        output=KINDS[settings.kind]["output"],
+        output=POOLED_OUTPUT if multi else KINDS[settings.kind]["output"],  # bge-m3's graph gives the CLS rows
         variants=variants,
         provenance={
             "source": resolved.given,
@@ -306,6 +327,7 @@ def _manifest(resolved, config, settings: Settings, staging: Path, variants: dic
             "export_cpu": _export_cpu(),
             "settings_from": settings.resolved_from,
         },
+        m3=multi,
     )
 
 

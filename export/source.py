@@ -12,7 +12,8 @@ from bgeort.errors import BgeortError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a transformers model folder needs; everything else on the hub (other formats) is skipped.
-HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Normalize/*"]
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Normalize/*",
+             "sparse_linear.pt", "colbert_linear.pt"]  # bge-m3's heads (export/m3.py)
 
 
 class ExportError(BgeortError):
@@ -57,6 +58,13 @@ def _download(repo_id: str, *, revision: str | None, timeout: float) -> Source:
             raise ExportError(f"could not download {repo_id} from the Hugging Face hub ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]}). {offline_fix}") from exc
     folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):  # an older repo with .bin weights only (transformers
+        try:                                   # reads them with torch's weights-only loader)
+            folder = Path(snapshot_download(repo_id, revision=folder.name, allow_patterns=["pytorch_model*.bin"],
+                                            etag_timeout=timeout))
+        except Exception as exc:
+            raise ExportError(f"{repo_id} has no .safetensors weights and its pytorch_model.bin could not be "
+                              f"fetched ({type(exc).__name__}). {offline_fix}") from exc
     # snapshot folders are named by commit: .../snapshots/<sha>
     return Source(given=repo_id, root=folder, folder=_transformer_folder(folder), revision=folder.name)
 

@@ -197,3 +197,44 @@ def bert_reranker(tmp_path_factory, models_dir) -> Path:
 
     source = make_classifier_source(tmp_path_factory.mktemp("sources") / "tiny-bert-reranker", model_type="bert")
     return export_model(str(source), out=models_dir)
+
+
+def make_m3_source(folder: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64,
+                   positions: int = 130, seed: int = 0, colbert_dim: int | None = None,
+                   head_files: tuple[str, ...] = ("sparse_linear.pt", "colbert_linear.pt")) -> Path:
+    """A bge-m3-style source: an XLMRobertaModel with random weights (fixed seed), the Unigram tokenizer
+    above, and the two linear heads FlagEmbedding keeps beside the weights (random too)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    backend, vocab_size = build_unigram_tokenizer()
+    XLMRobertaTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                            cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                            model_max_length=positions - 2).save_pretrained(folder)
+    config = XLMRobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=positions,
+                              pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+                              initializer_range=0.2)
+    torch.manual_seed(seed)
+    XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    layers_by_file = {"sparse_linear.pt": torch.nn.Linear(hidden, 1),
+                      "colbert_linear.pt": torch.nn.Linear(hidden, colbert_dim or hidden)}
+    with torch.no_grad():  # about half the tokens above zero, so both of FlagEmbedding's drops are exercised
+        layers_by_file["sparse_linear.pt"].bias.fill_(0.3)
+    for name in head_files:
+        torch.save(layers_by_file[name].state_dict(), folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def m3_source(tmp_path_factory) -> Path:
+    return make_m3_source(tmp_path_factory.mktemp("sources") / "tiny-m3")
+
+
+@pytest.fixture(scope="session")
+def m3_model(m3_source, models_dir) -> Path:
+    """The tiny bge-m3 exported through the family row (its 8,192 tokens cut to the tiny model's 128)."""
+    from export import export_model
+
+    return export_model(str(m3_source), out=models_dir, family="bge-m3", max_length=128, name="tiny-m3")

@@ -63,3 +63,17 @@ def test_long_tailed_corpus_pads_little():
     padded = sum(len(b) * lengths[b].max() for b in batches)
     assert padded <= 1.15 * lengths.sum()
     assert np.mean([len(b) for b in batches]) >= 16  # and batches stay large
+
+
+def test_max_attention_bounds_rows_times_the_longest_squared():
+    """Long inputs: the attention scores grow with S^2, so 8,192-token texts go two to a batch under
+    the CUDA budget while 512-token ones still fill their batches."""
+    from bgeort.batching import attention_budget
+
+    budget = attention_budget("cuda:0")
+    batches = plan_batches([8192] * 5 + [512] * 600, batch_size=1024, max_tokens=65536, max_attention=budget)
+    sizes = [len(b) for b in batches]
+    assert sizes[:3] == [2, 2, 1] and sizes[3] == 128  # 65,536 tokens / 512 = 128 < 2^27 / 512^2 = 512
+    assert sum(sizes) == 605 and attention_budget("cpu") is None
+    with pytest.raises(ValueError, match="max_attention"):
+        plan_batches([1], batch_size=1, max_attention=0)

@@ -48,7 +48,7 @@ SERVER = re.compile(r"^<!--\s*docs server:(.*?)-->\s*$", flags=re.MULTILINE)
 SERVER_URL = "http://127.0.0.1:8000"
 SERVER_START_S = 120
 # models/<name> in the scratch folder -> the fixture exported for it (tests/conftest.py).
-MODEL_LINKS = {"bge-small-en-v1.5": "tiny_model", "bge-reranker-base": "bert_reranker"}
+MODEL_LINKS = {"bge-small-en-v1.5": "tiny_model", "bge-reranker-base": "bert_reranker", "bge-m3": "m3_model"}
 BLOCK_TIMEOUT_S = 120
 
 

@@ -409,6 +409,6 @@ def test_iobinding_run_equals_plain_run(tiny_model):
     feed = model._model.tokenizer.pad(model._model.tokenizer.encode(SENTENCES), np.arange(len(SENTENCES)))
     feed = {name: feed[name] for name in model._model.input_names}
     plain = session.run(["sentence_embedding"], feed)[0]
-    bound = run_bound(session, feed, "sentence_embedding", "cpu")
+    (bound,) = run_bound(session, feed, ["sentence_embedding"], "cpu")
     assert bound.shape == (len(SENTENCES), 32)
     np.testing.assert_array_equal(bound, plain)

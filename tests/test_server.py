@@ -351,6 +351,38 @@ def test_a_reranker_folder_alone_and_no_key(bert_reranker, reranker):
     assert "reranker: " in "".join(lines.queue) and "embedder: " not in "".join(lines.queue)
 
 
+def test_a_bge_m3_folder_serves_dense_and_sparse(m3_model, server):
+    """bge-m3: dense vectors on every route, its lexical weights through /embed's return_sparse;
+    a dense-only model answers return_sparse with a 400 naming the field."""
+    m3 = bgeort.M3Embedder(m3_model, threads=1)
+    texts = ["the giant panda is a bear", "hello hello world", ""]
+    want = m3.encode(texts, return_sparse=True)
+    process = subprocess.Popen([sys.executable, "-m", "bgeort", "serve", str(m3_model), "--port", "0", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "BGEORT_API_KEY"})
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True)
+    reader.start()
+    try:
+        url = wait_for_url(lines, process)
+        got = httpx.post(url + "/embed", json={"inputs": texts, "return_sparse": True}, timeout=60).json()
+        assert close(got["embeddings"], want["dense_vecs"])
+        assert [item["indices"] for item in got["sparse"]] == [ids.tolist() for ids in want["sparse_indices"]]
+        for item, values in zip(got["sparse"], want["sparse_values"]):
+            assert close(item["values"], values)
+        dense = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60).embeddings.create(
+            model="bge-m3", input=texts)
+        assert close([d.embedding for d in dense.data], want["dense_vecs"])
+        assert "sparse" not in httpx.post(url + "/embed", json={"inputs": texts}, timeout=60).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+        m3.close()
+    refused = post(server, "/embed", {"inputs": ["hi"], "return_sparse": True})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "return_sparse"
+
+
 def test_without_the_serve_extra_the_error_names_the_pip_line(tiny_model):
     script = ("import sys; sys.modules['starlette'] = None\n"  # as if starlette were not installed
               f"from bgeort.cli import main; sys.exit(main(['serve', {str(tiny_model)!r}]))")

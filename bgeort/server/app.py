@@ -256,11 +256,16 @@ async def embed(service: Service, request: Request) -> Response:
             raise ApiError(413, f"{len(over)} input(s) are longer than the model's {limit} tokens: {shown}; "
                            "shorten or split them, or send truncate: true", param=f"inputs[{over[0]}]",
                            code="input_too_long")
-    result = await unless_gone(request, model.embed(body.texts, instruction=body.instruction))
+    if body.sparse and not model.has_sparse:
+        raise ApiError(400, "'return_sparse' needs a bge-m3 model (lexical weights); this model gives dense "
+                       "vectors only: leave 'return_sparse' out", param="return_sparse", code="invalid_value")
+    result = await unless_gone(request, model.embed(body.texts, instruction=body.instruction, sparse=body.sparse))
     tokens = int(result.token_counts.sum())
-    return JSONResponse({"model": service.name(model), "embeddings": result.vectors.tolist(),
-                         "truncated": result.truncated.tolist(),
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    answer = {"model": service.name(model), "embeddings": result.vectors.tolist(),
+              "truncated": result.truncated.tolist(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    if body.sparse:
+        answer["sparse"] = [{"indices": ids.tolist(), "values": values.tolist()} for ids, values in result.sparse]
+    return JSONResponse(answer)
 
 
 async def rerank(service: Service, request: Request) -> Response:

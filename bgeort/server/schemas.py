@@ -100,6 +100,7 @@ class EmbeddingsRequest:
     base64: bool
     truncate: bool = True
     openai: bool = True
+    sparse: bool = False  # /embed's return_sparse (bge-m3 folders): lexical weights beside the vectors
 
 
 def embeddings_request(body, *, dim: int, max_inputs: int) -> EmbeddingsRequest:
@@ -122,11 +123,12 @@ def embeddings_request(body, *, dim: int, max_inputs: int) -> EmbeddingsRequest:
 
 
 def embed_request(body, *, max_inputs: int) -> EmbeddingsRequest:
-    """POST /embed (bgeort's own shape): inputs, instruction, truncate."""
+    """POST /embed (bgeort's own shape): inputs, instruction, truncate, return_sparse."""
     body = _object(body)
     texts = _texts(body.get("inputs"), "inputs", max_inputs=max_inputs)
     instruction = _choice(body, "instruction", ("query", "passage", "none"), "none")
-    return EmbeddingsRequest(texts, instruction, False, truncate=_flag(body, "truncate", True), openai=False)
+    return EmbeddingsRequest(texts, instruction, False, truncate=_flag(body, "truncate", True), openai=False,
+                             sparse=_flag(body, "return_sparse", False))
 
 
 @dataclass(frozen=True)
