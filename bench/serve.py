@@ -102,9 +102,10 @@ def server_command(name: str, port: int, args) -> tuple[list[str], str]:
     """The command that starts a server and the route it takes embeddings on."""
     models = args.models / "bge-small"
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "bgeort":
+    if name.startswith("bgeort"):
+        spin = ["--no-spinning"] if name == "bgeort-nospin" else []
         return [args.bgeort_python, "-m", "bgeort", "serve", str(models / "bgeort"), *host,
-                "--threads", str(args.threads)], "/v1/embeddings"
+                "--threads", str(args.threads), *spin], "/v1/embeddings"
     if name == "st":
         return [sys.executable, str(HERE / "st_server.py"), str(models / "src"), *host,
                 "--threads", str(args.threads)], "/v1/embeddings"
@@ -132,7 +133,7 @@ def start_server(name: str, args) -> tuple[subprocess.Popen, str, str]:
     command, route = server_command(name, port, args)
     log_file = open(args.log_dir / f"serve-{name}.log", "w")
     env, cwd = server_env(args.threads), REPO
-    if name == "bgeort":
+    if name.startswith("bgeort"):
         env, cwd = server_env(args.threads, args.bgeort_repo), args.bgeort_repo
     if name.startswith("infinity"):
         # run inside its folder (write_infinity_folder says why); infinity caches its optimized graph
