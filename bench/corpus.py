@@ -117,17 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--folder", type=Path, help="a bgeort model folder to use instead of make_models' minilm "
                                                     "(no peers then)")
+    parser.add_argument("--rss-sizes", help="the two corpus sizes whose peak RSS is compared (default 10000,200000; "
+                        "--quick 1000,4000)")
     parser.add_argument("--out", type=Path, help="report file (default: bench/results/corpus.md, none with --quick)")
     args = parser.parse_args(argv)
     rows = args.rows or (2000 if args.quick else 100_000)
-    rss_sizes = (1000, 4000) if args.quick else (10_000, 200_000)
+    rss_sizes = ((1000, 4000) if args.quick else (10_000, 200_000)) if not args.rss_sizes else tuple(
+        int(size) for size in args.rss_sizes.split(","))
     if args.folder:
         base, folder, args.peers = None, args.folder, ""
     else:
         base = make_model("minilm", args.models)
         folder = base / "bgeort"
     texts = real_texts()
-    lines = [f"# Corpus job: `bgeort embed` over a JSONL file ({platform.machine()}, {args.threads} threads, int8)", ""]
+    from environment import environment_line
+
+    lines = [f"# Corpus job: `bgeort embed` over a JSONL file ({platform.machine()}, {args.threads} threads, int8)", "",
+             environment_line(), ""]
     with tempfile.TemporaryDirectory(prefix="bgeort-corpus-bench-") as tmp:
         tmp = Path(tmp)
         source = write_corpus(tmp / "corpus.jsonl", texts, rows)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             peaks.append(peak)
             lines.append(f"| {size:,} | {peak} |")
         lines += ["", f"Peak RSS difference: {peaks[-1] - peaks[0]} MB (target: within 50 MB)", "",
-                  f"Command: `python bench/corpus.py{' --quick' if args.quick else ''}`"]
+                  f"Command: `python bench/corpus.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]
     report = "\n".join(lines) + "\n"
     print(report)
     out = args.out or (None if args.quick else RESULTS / "corpus.md")

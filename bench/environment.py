@@ -59,3 +59,16 @@ def describe_environment(thread_counts) -> dict:
                     "threadpoolctl limit <threads>",
         "load_average_start": os.getloadavg(),
     }
+
+
+def environment_line(distributions=DISTRIBUTIONS) -> str:
+    """One markdown line: the CPU, its usable cores and memory, and the versions that ran."""
+    found = describe_environment([])
+    versions = []
+    for name in distributions:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return (f"Machine: {found['cpu_model']}, {found['cores_usable']} usable cores, {found['memory_gib']} GiB, flags "
+            f"{' '.join(found['cpu_flags'])}; Python {found['python']}; {', '.join(versions)}.")

@@ -129,6 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ray-batch-size", type=int, default=1024)
     args = parser.parse_args(argv)
 
+    from bench.environment import environment_line
+
+    print(f"# Integrations: what the framework adapters cost over bgeort\n\nCommand: `python bench/integrations.py "
+          f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+          + environment_line(("bgeort", "onnxruntime", "numpy", "langchain-core", "llama-index-core", "haystack-ai",
+                              "ray", "pyarrow")) + "\n")
     texts = passages(args.passages)
     print(f"## Wrapper overhead: {len(texts)} SciFact passages (64-word pieces), {args.threads} threads, "
           f"best of {args.rounds}\n\n| path | s | texts/s | over encode_corpus |\n|---|---|---|---|")

@@ -138,6 +138,9 @@ def export_model(source: str = DEFAULT_SOURCE, *, out: str | os.PathLike = "mode
     found_heads = m3.head_files(resolved.folder)
     if settings.kind == "embedder" and (settings.heads == "m3" or found_heads):
         m3.require_heads(resolved.folder, source)  # a family row, or any head file, asks for both
+        if pooling not in (None, "cls"):
+            raise ExportError(f"bge-m3's dense vector is the first token's state; --pooling {pooling} does not apply "
+                              "(leave --pooling out)")
         settings = dataclasses.replace(settings, heads="m3", pooling="cls")
     supported = KINDS[settings.kind]["model_types"]
     if config.get("model_type") not in supported:

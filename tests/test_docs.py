@@ -100,6 +100,12 @@ ALL_BLOCKS = [block for path in DOC_FILES for block in read_blocks(path)[0]]
 RUNNABLE = [block for block in ALL_BLOCKS if block.language in RUN_AS and block.not_run is None]
 
 
+def test_readme_stays_short():
+    """The front door is read in a minute: at most 10,000 characters and 250 lines."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= 10_000 and len(text.splitlines()) <= 250, (len(text), len(text.splitlines()))
+
+
 def test_blocks_follow_the_convention():
     problems = [problem for path in DOC_FILES for problem in read_blocks(path)[1]]
     for block in ALL_BLOCKS:

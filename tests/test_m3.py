@@ -239,3 +239,21 @@ def test_manifest_m3_entry_is_validated(m3_model, tmp_path):
     (folder / "bgeort.json").write_text(json.dumps(data))
     with pytest.raises(ModelFolderError, match="colbert_dim"):
         bgeort.load_manifest(folder)
+
+
+def test_the_command_line_and_an_integration_take_a_bge_m3_folder_for_dense_vectors(m3_model, tmp_path):
+    import subprocess
+    import sys
+
+    from bgeort.integrations.langchain import BgeortEmbeddings
+
+    want = bgeort.M3Embedder(m3_model).encode(["hello", "the giant panda"])["dense_vecs"]
+    output = tmp_path / "out.jsonl"
+    (tmp_path / "in.txt").write_text("hello\nthe giant panda\n")
+    done = subprocess.run([sys.executable, "-m", "bgeort", "embed", str(m3_model), str(tmp_path / "in.txt"), "-o",
+                           str(output), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    np.testing.assert_allclose([row["embedding"] for row in rows], want, atol=1e-6)
+    np.testing.assert_allclose(BgeortEmbeddings(model_path=m3_model).embed_documents(["hello", "the giant panda"]),
+                               want, atol=1e-6)

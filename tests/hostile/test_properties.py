@@ -45,3 +45,30 @@ def test_any_pair_scores_the_same_in_any_batch(models, pairs):
     assert scores.shape == (len(pairs),) and scores.dtype == np.float32 and np.isfinite(scores).all()
     np.testing.assert_allclose(reranker.compute_score(pairs[::-1])[::-1], scores, atol=2e-5)
     assert reranker.compute_score(pairs[0]) == pytest.approx(float(scores[0]), abs=2e-5)
+
+
+@pytest.fixture(scope="module")
+def m3_models(m3_model):
+    return (bgeort.M3Embedder(m3_model, precision="fp32"),
+            bgeort.M3Embedder(m3_model, precision="fp32", batch_size=3, max_batch_tokens=40))
+
+
+@SETTINGS
+@given(texts=st.lists(TEXT, min_size=1, max_size=8))
+def test_any_text_gives_all_three_m3_outputs_the_same_in_any_batch(m3_models, texts):
+    model, small_batches = m3_models
+    out = model.encode(texts, return_sparse=True, return_colbert_vecs=True)
+    counts = np.minimum(model.token_counts(texts), model.max_length)
+    assert out["dense_vecs"].shape == (len(texts), model.dim) and np.isfinite(out["dense_vecs"]).all()
+    np.testing.assert_allclose(np.linalg.norm(out["dense_vecs"], axis=1), 1.0, atol=1e-5)
+    for vectors, count, weights in zip(out["colbert_vecs"], counts, out["lexical_weights"]):
+        assert vectors.shape == (count - 1, model.colbert_dim) and np.isfinite(vectors).all()
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert all(np.isfinite(w) and w > 0 for w in weights.values())
+    other = small_batches.encode(texts[::-1], return_sparse=True, return_colbert_vecs=True)
+    np.testing.assert_allclose(other["dense_vecs"][::-1], out["dense_vecs"], atol=2e-6)
+    for ours, theirs in zip(out["colbert_vecs"], other["colbert_vecs"][::-1]):
+        np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    for ours, theirs in zip(out["lexical_weights"], other["lexical_weights"][::-1]):
+        assert ours.keys() == theirs.keys()
+        np.testing.assert_allclose([ours[k] for k in ours], [theirs[k] for k in ours], atol=2e-5)
