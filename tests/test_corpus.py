@@ -245,6 +245,7 @@ def test_a_write_error_stops_with_the_path_and_stays_resumable(tiny_model, tmp_p
     partial = tmp_path / "out.npy.partial"
     parts = len(json.loads((partial / "journal.json").read_text())["parts"])
     blocker = partial / f"part-{parts:06d}.tmp"
+    blocker.unlink(missing_ok=True)  # the killed job may have left that part half written
     blocker.mkdir()  # the next part cannot be written (a directory stands where its file goes)
     done = cli("embed", tiny_model, source, "-o", out, "--chunk-rows", "8", "--quiet")
     assert done.returncode == 1 and f"cannot write {partial / f'part-{parts:06d}.npz'}".encode() in done.stderr

@@ -124,7 +124,7 @@ def test_targets_met_and_not_met():
     assert by_name["one-sentence requests, 64 clients: bgeort p99 below st's"]["met"] is True
     missing = by_name["one-sentence requests, 64 clients: bgeort vs infinity-fp32 throughput"]
     assert missing["met"] is None and missing["measured"] is None  # a server that did not run decides nothing
-    single = by_name["one-sentence requests, 1 client: bgeort serve p50 vs `Embedder.encode` in-process p50"]
+    single = by_name["one-sentence requests, 1 client: bgeort p50 vs `Embedder.encode` in-process p50"]
     assert single["value"] == pytest.approx(1.25) and single["met"] is True
     share = by_name["one-sentence requests, 64 clients: bgeort serve texts/s vs one big `Embedder.encode` call"]
     assert share["value"] == pytest.approx(0.9) and share["met"] is True
@@ -132,7 +132,7 @@ def test_targets_met_and_not_met():
     worse = {t["target"]: t for t in summarize(_raw(bgeort_64_rps=300, bgeort_1_p50=6.0))["targets"]}
     assert worse["one-sentence requests, 64 clients: bgeort vs st throughput"]["met"] is False
     assert worse["one-sentence requests, 64 clients: bgeort vs infinity throughput"]["met"] is False
-    assert worse["one-sentence requests, 1 client: bgeort serve p50 vs `Embedder.encode` in-process p50"]["met"] is False
+    assert worse["one-sentence requests, 1 client: bgeort p50 vs `Embedder.encode` in-process p50"]["met"] is False
     assert worse["one-sentence requests, 64 clients: bgeort serve texts/s vs one big "
                  "`Embedder.encode` call"]["met"] is False
 
