@@ -4,6 +4,7 @@ httpx against the library's own results; a gated server in a thread for 429 and 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import queue
 import subprocess
@@ -118,6 +119,25 @@ def test_openai_client_base64_and_float(server, embedder):
         api.embeddings.create(model="m", input=["hello"], dimensions=8)
     assert refused.value.status_code == 400 and refused.value.body["param"] == "dimensions"
     assert "Matryoshka" in refused.value.body["message"]
+
+
+def test_float_json_is_the_exact_float32_vector(server):
+    """The JSON floats are float32's shortest exact form: they parse back to the very bits base64 sends."""
+    api = client(server)
+    floats = api.embeddings.create(model="m", input=SENTENCES, encoding_format="float")
+    packed = api.embeddings.create(model="m", input=SENTENCES)  # base64, decoded by the client
+    for a, b in zip(floats.data, packed.data):
+        assert np.array_equal(np.asarray(a.embedding, dtype=np.float32), np.asarray(b.embedding, dtype=np.float32))
+
+
+def test_json_response_takes_any_numpy_layout():
+    from bgeort.server.app import JSONResponse
+
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
+    body = {"columns": matrix[:, ::2], "scalar": np.float32(0.1), "flags": np.array([True, False]),
+            "ids": np.array([3, 1], dtype=np.int64), "plain": [1.5, "x"]}
+    assert json.loads(JSONResponse(body).body) == {"columns": [[0, 2], [4, 6], [8, 10]], "scalar": 0.1,
+                                                    "flags": [True, False], "ids": [3, 1], "plain": [1.5, "x"]}
 
 
 def test_embeddings_alias_and_embed_route(server, embedder):

@@ -10,7 +10,7 @@ import importlib
 
 from ..errors import MissingDependencyError
 
-for _module in ("starlette", "uvicorn", "prometheus_client"):
+for _module in ("starlette", "uvicorn", "prometheus_client", "orjson"):
     try:
         importlib.import_module(_module)
     except ImportError as exc:

@@ -40,14 +40,19 @@ class Metrics:
         """Observe every batch of an AsyncEmbedder / AsyncReranker under the label `role`."""
         self.queue_depth.labels(role).set_function(lambda: model.stats.queued_texts)
 
+        # The labelled children once, not per batch: labels() takes a lock and a lookup each call.
+        batches, batch_texts, batch_tokens, tokens, inference_seconds, queue_seconds = (
+            metric.labels(role) for metric in (self.batches, self.batch_texts, self.batch_tokens, self.tokens,
+                                               self.inference_seconds, self.queue_seconds))
+
         def observe(record) -> None:
-            self.batches.labels(role).inc()
-            self.batch_texts.labels(role).observe(record.texts)
-            self.batch_tokens.labels(role).observe(record.tokens)
-            self.tokens.labels(role).inc(record.tokens)
-            self.inference_seconds.labels(role).observe(record.inference_seconds)
+            batches.inc()
+            batch_texts.observe(record.texts)
+            batch_tokens.observe(record.tokens)
+            tokens.inc(record.tokens)
+            inference_seconds.observe(record.inference_seconds)
             for seconds in record.queue_seconds:
-                self.queue_seconds.labels(role).observe(seconds)
+                queue_seconds.observe(seconds)
 
         model.stats.observers.append(observe)
 
