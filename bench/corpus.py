@@ -17,7 +17,6 @@ import argparse
 import csv
 import gzip
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -33,7 +32,9 @@ from make_models import DEFAULT_ROOT, make_model, st_int8_file  # noqa: E402
 RESULTS = HERE / "results"
 
 
-def real_texts() -> list[str]:
+def real_texts(kind: str = "mixed") -> list[str]:
+    """STS-B sentences and SciFact abstracts (whole and cut into sentences), interleaved; 'sentences'
+    leaves out the whole abstracts."""
     sentences = []
     for path in sorted((DATA / "stsb").glob("*.csv")):
         with open(path, newline="", encoding="utf-8") as stream:
@@ -44,7 +45,8 @@ def real_texts() -> list[str]:
         for line in stream:
             doc = json.loads(line)
             text = (doc["title"] + " " + doc["text"]).strip()
-            abstracts.append(text)
+            if kind == "mixed":
+                abstracts.append(text)
             abstracts += [part.strip() + "." for part in doc["text"].split(". ") if len(part) > 20]
     mixed = []
     for i in range(max(len(sentences), len(abstracts))):  # interleaved: every window sees both kinds
@@ -60,17 +62,23 @@ def write_corpus(path: Path, texts: list[str], rows: int) -> Path:
     return path
 
 
+# Linux starts a forked child's ru_maxrss at its parent's RSS, so a child of this (large, peers loaded)
+# process would report at least this process's size: a fresh small Python forks the command instead
+# and reports that child's own peak (KiB) on its last stderr line.
+LAUNCHER = ("import os, resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
 def run_measured(command: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB of that child, its stderr's last line)."""
+    """(wall seconds, peak RSS in MB of that command alone, its stderr's last line)."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    process = subprocess.run([sys.executable, "-c", LAUNCHER, *command], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
+    lines = process.stderr.strip().splitlines()
     if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
-    return wall, usage.ru_maxrss // 1024, (stderr.strip().splitlines() or [""])[-1]
+        raise SystemExit(f"{' '.join(command)} failed:\n{process.stderr}")
+    return wall, int(lines[-1]) // 1024, (lines[-2] if len(lines) > 1 else "")
 
 
 def cli_command(folder: Path, source: Path, out: Path, threads: int) -> list[str]:
@@ -119,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(no peers then)")
     parser.add_argument("--rss-sizes", help="the two corpus sizes whose peak RSS is compared (default 10000,200000; "
                         "--quick 1000,4000)")
+    parser.add_argument("--rss-only", action="store_true", help="only the RSS comparison (no speed run, no peers)")
+    parser.add_argument("--rss-corpus", choices=("mixed", "sentences"), default="mixed",
+                        help="texts of the RSS runs: the speed run's mix, or its sentences only (no whole "
+                             "abstracts: 200,000 rows in minutes on 2 cores)")
     parser.add_argument("--out", type=Path, help="report file (default: bench/results/corpus.md, none with --quick)")
     args = parser.parse_args(argv)
     rows = args.rows or (2000 if args.quick else 100_000)
@@ -136,28 +148,33 @@ def main(argv: list[str] | None = None) -> int:
              environment_line(), ""]
     with tempfile.TemporaryDirectory(prefix="bgeort-corpus-bench-") as tmp:
         tmp = Path(tmp)
-        source = write_corpus(tmp / "corpus.jsonl", texts, rows)
-        memory_seconds, count = in_memory(folder, source, args.threads)
-        wall, rss, last = run_measured(cli_command(folder, source, tmp / "out.parquet", args.threads))
-        job_seconds = float(last.split(" s -> ")[0].rsplit(", ", 1)[-1])
-        lines += [f"{count:,} texts (STS-B sentences and SciFact abstracts and sentences, interleaved).", "",
-                  "| run | seconds | texts/s | vs encode in memory | target |", "| --- | ---: | ---: | ---: | --- |",
-                  f"| Embedder.encode, texts in memory | {memory_seconds:.1f} | {count / memory_seconds:,.0f} | 1.00 | |",
-                  f"| bgeort embed (the job's own seconds) | {job_seconds:.1f} | {count / job_seconds:,.0f} | "
-                  f"{memory_seconds / job_seconds:.3f} | >= 0.95 |",
-                  f"| bgeort embed (process wall, model open included) | {wall:.1f} | {count / wall:,.0f} | "
-                  f"{memory_seconds / wall:.3f} | |"]
-        for peer in [p for p in args.peers.split(",") if p]:
-            seconds = peer_over_file(peer, base, source, args.threads)
-            lines.append(f"| {peer} over the file | {seconds:.1f} | {count / seconds:,.0f} | "
-                         f"{memory_seconds / seconds:.3f} | |")
-        lines += ["", f"CLI last line: `{last}`", "", "| rows | peak RSS (MB) |", "| ---: | ---: |"]
+        if not args.rss_only:
+            source = write_corpus(tmp / "corpus.jsonl", texts, rows)
+            memory_seconds, count = in_memory(folder, source, args.threads)
+            wall, _, last = run_measured(cli_command(folder, source, tmp / "out.parquet", args.threads))
+            job_seconds = float(last.split(" s -> ")[0].rsplit(", ", 1)[-1])
+            lines += [f"{count:,} texts (STS-B sentences and SciFact abstracts and sentences, interleaved).", "",
+                      "| run | seconds | texts/s | vs encode in memory | target |", "| --- | ---: | ---: | ---: | --- |",
+                      f"| Embedder.encode, texts in memory | {memory_seconds:.1f} | {count / memory_seconds:,.0f} | 1.00 | |",
+                      f"| bgeort embed (the job's own seconds) | {job_seconds:.1f} | {count / job_seconds:,.0f} | "
+                      f"{memory_seconds / job_seconds:.3f} | >= 0.95 |",
+                      f"| bgeort embed (process wall, model open included) | {wall:.1f} | {count / wall:,.0f} | "
+                      f"{memory_seconds / wall:.3f} | |"]
+            for peer in [p for p in args.peers.split(",") if p]:
+                seconds = peer_over_file(peer, base, source, args.threads)
+                lines.append(f"| {peer} over the file | {seconds:.1f} | {count / seconds:,.0f} | "
+                             f"{memory_seconds / seconds:.3f} | |")
+            lines += ["", f"CLI last line: `{last}`"]
+        rss_texts = real_texts(args.rss_corpus)
+        lines += ["", f"Peak RSS of `bgeort embed` alone (its own process's ru_maxrss, forked by a fresh launcher), "
+                  f"texts: STS-B sentences and SciFact {'abstracts and sentences' if args.rss_corpus == 'mixed' else 'sentences (no whole abstracts)'}.",
+                  "", "| rows | peak RSS (MB) | CLI last line |", "| ---: | ---: | --- |"]
         peaks = []
         for size in rss_sizes:
-            sized = write_corpus(tmp / f"rss-{size}.jsonl", texts, size)
-            _, peak, _ = run_measured(cli_command(folder, sized, tmp / f"rss-{size}.parquet", args.threads))
+            sized = write_corpus(tmp / f"rss-{size}.jsonl", rss_texts, size)
+            _, peak, last = run_measured(cli_command(folder, sized, tmp / f"rss-{size}.parquet", args.threads))
             peaks.append(peak)
-            lines.append(f"| {size:,} | {peak} |")
+            lines.append(f"| {size:,} | {peak} | `{last.split(' -> ')[0]}` |")
         lines += ["", f"Peak RSS difference: {peaks[-1] - peaks[0]} MB (target: within 50 MB)", "",
                   f"Command: `python bench/corpus.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]
     report = "\n".join(lines) + "\n"
