@@ -47,7 +47,7 @@ bench-avx2: $(VENV)/.bench-installed  ## the CPU benchmark with cpuid hiding AVX
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~15 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)
 
-soak: setup  ## 16 threads hammering one Embedder and one Reranker, every result checked -> bench/results/soak.md (~6 min; BENCH_ARGS=--quick)
+soak: setup  ## 16 threads hammering one Embedder, one Reranker and bgeort serve on 127.0.0.1, every result checked -> bench/results/soak.md (~6 min; BENCH_ARGS=--quick)
 	$(PY) bench/soak.py $(BENCH_ARGS)
 
 gpu-payload: setup  ## what bench/gpu.py runs on a lent GPU: exports, PyTorch references, onnxruntime-gpu, in 60 MiB parts -> .gpu-parts/

@@ -1,8 +1,10 @@
 """`make soak`: many threads hammering one Embedder and one Reranker with mixed valid and invalid calls,
-every result checked against a sequential reference; errors, results checked, latency percentiles and
-RSS over time go to bench/results/soak.md (+ .json). Bounded in time and in calls; stops by itself.
+and `bgeort serve` (both models, on 127.0.0.1) with valid and invalid request bodies; every result is
+checked against a sequential reference, every refusal for its 4xx status and OpenAI-shaped error body.
+Errors, results checked, latency percentiles and RSS over time (this process's and the server's) go to
+bench/results/soak.md (+ .json). Bounded in time and in calls; stops by itself.
 
-    python bench/soak.py [--seconds 300] [--threads 16] [--max-calls 200000] [--quick]
+    python bench/soak.py [--seconds 300] [--threads 16] [--max-calls 200000] [--no-server] [--quick]
 
 Models: the real all-MiniLM-L6-v2 (../shared/models, exported once to bench/results/tmp/soak) and a
 cross-encoder of the same shape with random weights (seed 0; a reranker's cost does not depend on its
@@ -13,8 +15,10 @@ must raise TypeError or ValueError naming their index.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
+import select
 import subprocess
 import sys
 import threading
@@ -34,6 +38,16 @@ WORK = RESULTS / "tmp" / "soak"
 INVALID = [  # (call, arguments) that must raise TypeError or ValueError
     ("embed", ["fine", None]), ("embed", [b"bytes"]), ("embed", ["ok", "bad \ud800"]), ("embed", None),
     ("rerank", [("q", "p"), ("q",)]), ("rerank", [("q", None)]), ("rerank", [("q\udc80", "p")]),
+]
+
+# (route, body, statuses it may get): request bodies bgeort serve must refuse with a 4xx and an error body
+INVALID_HTTP = [
+    ("/v1/embeddings", b'{"input": ["fine", null]}', {400}), ("/v1/embeddings", b'{"input": 5}', {400}),
+    ("/v1/embeddings", b'{"input": ["ok", "bad \\ud800"]}', {400}), ("/v1/embeddings", b"not json", {400}),
+    ("/v1/embeddings", b"", {400}), ("/v1/embeddings", b'{"input": []}', {400}),
+    ("/v1/embeddings", json.dumps({"input": ["x"] * 2049}).encode(), {400, 413}),
+    ("/v1/rerank", b'{"query": "q", "documents": [1]}', {400}), ("/v1/rerank", b'{"documents": ["p"]}', {400}),
+    ("/v1/rerank", b'{"query": "q", "documents": ["p"], "top_n": 0}', {400}),
 ]
 
 
@@ -65,18 +79,55 @@ def make_cross_encoder(folder: Path) -> None:
         shutil.copy(MINILM_DIR / name, folder / name)
 
 
-def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+def rss_mb(pid: int | str = "self") -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # the process is gone
+        pass
     return float("nan")
+
+
+def dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle keep-alive connection was closed by the other end: its socket reads as ready
+    (EOF) with no request in flight. HTTP clients check this before reusing a pooled connection."""
+    if connection.sock is None:
+        return True
+    readable, _, _ = select.select([connection.sock], [], [], 0)
+    return bool(readable)
+
+
+class Server:
+    """`bgeort serve EMBEDDER --reranker RERANKER` on 127.0.0.1 (a free port), stopped by close()."""
+
+    def __init__(self, embedder: Path, reranker: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bgeort", "serve", str(embedder), "--reranker", str(reranker), "--host",
+             "127.0.0.1", "--port", "0"], cwd=BENCH.parent, stdout=subprocess.PIPE, text=True)
+        first = self.process.stdout.readline()  # "bgeort serve: ready at http://127.0.0.1:PORT"
+        if "ready at http://127.0.0.1:" not in first:
+            self.close()
+            raise SystemExit(f"bgeort serve did not start: {first!r}")
+        self.port = int(first.rsplit(":", 1)[1])
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()  # drain the rest
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class Soak:
     """The shared models, the sequential references, and what the worker threads saw."""
 
-    def __init__(self, embedder, reranker, texts: list[str], queries: list[str]):
-        self.embedder, self.reranker = embedder, reranker
+    def __init__(self, embedder, reranker, texts: list[str], queries: list[str], server: Server | None = None):
+        self.embedder, self.reranker, self.server = embedder, reranker, server
+        self.connections = threading.local()  # one keep-alive connection per thread
         self.texts, self.queries = texts, queries
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -84,10 +135,75 @@ class Soak:
             self.scores = {q: reranker.compute_score([(q, t) for t in texts]) for q in queries}
         self.lock = threading.Lock()
         self.latencies = {"embed": [], "rerank": [], "invalid": []}
+        if server is not None:
+            self.latencies |= {"http embed": [], "http rerank": [], "http invalid": []}
         self.checked = self.mismatches = self.errors = 0
         self.failures: list[str] = []
 
+    def post(self, route: str, body: bytes) -> tuple[int, dict | None]:
+        """(status, parsed JSON body or None) over this thread's connection to the server."""
+        connection = getattr(self.connections, "http", None)
+        if connection is not None and dropped(connection):
+            connection.close()  # the server closed it while idle (uvicorn's keep-alive timeout is 5 s)
+            connection = None
+        if connection is None:
+            connection = self.connections.http = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=300)
+        try:
+            connection.request("POST", route, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()  # reconnect on the next call
+            self.connections.http = None
+            raise
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, None
+
+    def call_server(self, rng: random.Random) -> None:
+        kind = rng.random()
+        start = time.perf_counter()
+        op = "http invalid" if kind < 0.1 else "http embed" if kind < 0.6 else "http rerank"
+        try:
+            if kind < 0.1:
+                route, body, statuses = INVALID_HTTP[rng.randrange(len(INVALID_HTTP))]
+                status, answer = self.post(route, body)
+                error = (answer or {}).get("error") if isinstance(answer, dict) else None
+                if status in statuses and isinstance(error, dict) and error.get("message"):
+                    self.record(op, start, checked=1)
+                else:
+                    self.record(op, start, failure=f"{route} {body[:60]!r}: HTTP {status}, body {answer!r:.80}")
+            elif kind < 0.6:
+                picks = [rng.randrange(len(self.texts)) for _ in range(rng.choice([1, 1, 4, 16, 32]))]
+                status, answer = self.post("/v1/embeddings", json.dumps(
+                    {"input": [self.texts[i] for i in picks], "encoding_format": "float"}).encode())
+                if status != 200:
+                    self.record(op, start, failure=f"/v1/embeddings: HTTP {status}, body {answer!r:.120}")
+                    return
+                got = np.asarray([row["embedding"] for row in answer["data"]], dtype=np.float32)
+                bad = int((np.abs(got - self.vectors[picks]).max(axis=1) > 1e-5).sum())
+                self.record(op, start, checked=len(picks), mismatches=bad)
+            else:
+                query = self.queries[rng.randrange(len(self.queries))]
+                picks = [rng.randrange(len(self.texts)) for _ in range(rng.choice([1, 5, 20]))]
+                status, answer = self.post("/v1/rerank", json.dumps(
+                    {"query": query, "documents": [self.texts[i] for i in picks], "raw_scores": True}).encode())
+                if status != 200:
+                    self.record(op, start, failure=f"/v1/rerank: HTTP {status}, body {answer!r:.120}")
+                    return
+                got = np.zeros(len(picks), dtype=np.float32)
+                for result in answer["results"]:
+                    got[result["index"]] = result["relevance_score"]
+                bad = int((np.abs(got - self.scores[query][picks]) > 1e-4).sum()) + len(picks) - len(answer["results"])
+                self.record(op, start, checked=len(picks), mismatches=bad)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is what the soak counts
+            self.record(op, start, failure=f"{op}: {type(exc).__name__}: {exc}"[:200])
+
     def call(self, rng: random.Random) -> None:
+        if self.server is not None and rng.random() < 0.5:
+            self.call_server(rng)
+            return
         kind = rng.random()
         start = time.perf_counter()
         try:
@@ -135,11 +251,24 @@ def run(args) -> dict:
     texts = sentences + abstracts  # short and long (past 256 tokens: truncated)
     embedder = bgeort.Embedder(embedder_dir)
     reranker = bgeort.Reranker(reranker_dir)
-    soak = Soak(embedder, reranker, texts, queries=sentences[:8])
+    server = None if args.no_server else Server(embedder_dir, reranker_dir)
+    try:
+        return soak_with(args, embedder, reranker, texts, sentences, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def soak_with(args, embedder, reranker, texts, sentences, server) -> dict:
+    soak = Soak(embedder, reranker, texts, queries=sentences[:8], server=server)
     deadline = time.monotonic() + args.seconds
     calls = iter(range(args.max_calls))
     calls_lock = threading.Lock()
-    rss = [(0.0, rss_mb())]
+
+    def sample(at: float) -> tuple:
+        return (round(at, 1), round(rss_mb(), 1)) + ((round(rss_mb(server.process.pid), 1),) if server else ())
+
+    rss = [sample(0.0)]
     began = time.monotonic()
 
     def worker(seed: int) -> None:
@@ -156,10 +285,11 @@ def run(args) -> dict:
         thread.start()
     while any(thread.is_alive() for thread in workers) and time.monotonic() < deadline:
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-        rss.append((round(time.monotonic() - began, 1), round(rss_mb(), 1)))
+        rss.append(sample(time.monotonic() - began))
     for thread in workers:  # each finishes the call it is in
         thread.join(timeout=120)
-    rss.append((round(time.monotonic() - began, 1), round(rss_mb(), 1)))
+    rss.append(sample(time.monotonic() - began))
+    alive = server is None or server.process.poll() is None
     seconds = time.monotonic() - began
     latency = {op: {f"p{p}": round(float(np.percentile(values, p)) * 1000, 2) for p in (50, 95, 99)} | {"calls": len(values)}
                for op, values in soak.latencies.items() if values}
@@ -168,14 +298,15 @@ def run(args) -> dict:
         "seconds": round(seconds, 1), "threads": args.threads,
         "calls": sum(len(v) for v in soak.latencies.values()), "results_checked": soak.checked,
         "mismatches": soak.mismatches, "errors": soak.errors, "failures": soak.failures,
-        "latency_ms": latency, "rss_mb": rss,
+        "latency_ms": latency, "rss_mb": rss, "server": None if server is None else {
+            "command": " ".join(server.process.args[1:]), "alive_at_end": alive},
         "models": {"embedder": repr(embedder), "reranker": repr(reranker)},
         "environment": describe_environment([embedder._model.threads]),
     }
 
 
 def to_markdown(result: dict) -> str:
-    rss = [mb for _, mb in result["rss_mb"]]
+    rss = [sample[1] for sample in result["rss_mb"]]
     lines = ["# Soak: one Embedder and one Reranker shared by many threads", "",
              f"Produced by `{result['command']}` ({result['seconds']} s, {result['threads']} threads; "
              f"{result['environment']['cores_usable']} cores, {result['environment']['cpu_model']}).", "",
@@ -184,10 +315,19 @@ def to_markdown(result: dict) -> str:
              f"against the sequential reference: {result['results_checked']}",
              f"- **Mismatches: {result['mismatches']}; unexpected errors: {result['errors']}**",
              f"- RSS: {rss[0]:.0f} MB before the threads, {rss[1] if len(rss) > 1 else rss[0]:.0f} MB after the first "
-             f"sample, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end", "",
+             f"sample, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end"]
+    server = result.get("server")
+    if server:
+        served = [sample[2] for sample in result["rss_mb"]]
+        lines += [f"- Server: `{server['command']}` on 127.0.0.1, half of the calls as HTTP requests (10% of them "
+                  f"invalid bodies, each must get its 4xx and an OpenAI-shaped error); alive at the end: "
+                  f"**{server['alive_at_end']}**; its RSS {served[0]:.0f} MB at the start, {max(served):.0f} MB peak, "
+                  f"{served[-1]:.0f} MB at the end"]
+    lines += ["",
              "| call | calls | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {op} | {v['calls']} | {v['p50']} | {v['p95']} | {v['p99']} |" for op, v in result["latency_ms"].items()]
-    lines += ["", "RSS over time (s, MB): " + ", ".join(f"{t:.0f}: {mb:.0f}" for t, mb in result["rss_mb"])]
+    lines += ["", "RSS over time (s: MB" + (", server MB" if server else "") + "): " + ", ".join(
+        f"{sample[0]:.0f}: " + "/".join(f"{mb:.0f}" for mb in sample[1:]) for sample in result["rss_mb"])]
     if result["failures"]:
         lines += ["", "## Failures (first 20)", ""] + [f"- {failure}" for failure in result["failures"]]
     return "\n".join(lines) + "\n"
@@ -198,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--max-calls", type=int, default=200_000)
+    parser.add_argument("--no-server", action="store_true", help="the library only, no bgeort serve")
     parser.add_argument("--quick", action="store_true", help="20 s, 8 threads, written under results/tmp")
     parser.add_argument("--out", type=Path, help="output path without suffix (default bench/results/soak)")
     args = parser.parse_args(argv)
