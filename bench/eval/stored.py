@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         queries, docs = model.encode_queries(data.queries), model.encode_corpus(data.docs)
     results = {dtype: ndcg(stored_scores(model, dtype, queries, docs), data) for dtype in OUTPUT_DTYPES}
     results["binary + rescore"] = ndcg(rescored(model, queries, docs), data)
-    lines = [f"SciFact nDCG@10, {len(data.query_ids)} queries, {len(data.doc_ids)} documents, {model!r}", "",
+    import sys
+
+    lines = [f"Command: `python -m bench.eval.stored {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             f"SciFact nDCG@10, {len(data.query_ids)} queries, {len(data.doc_ids)} documents, {model!r}", "",
              "| stored type | bytes per vector | nDCG@10 | vs float32 |", "| --- | ---: | ---: | ---: |"]
     for name, value in results.items():
         dtype = name.split(" ")[0]
