@@ -13,7 +13,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("pandas")
 
 import bgeort  # noqa: E402
-from bgeort.integrations.ray import Embed, Rerank, embed_dataset  # noqa: E402
+from bgeort.integrations.ray import Embed, Rerank, default_actors, embed_dataset  # noqa: E402
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 STSB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stsb" / "stsb-en-test.csv"
@@ -75,9 +75,35 @@ def test_every_batch_format_and_the_query_instruction(cluster, sentences, tiny_m
 
 def test_embed_dataset_picks_the_settings(cluster, sentences, tiny_model):
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(sentences[:300])])
-    rows = sorted(embed_dataset(ds, tiny_model, actors=2, batch_size=64).take_all(), key=lambda row: row["id"])
+    with pytest.warns(RuntimeWarning, match="hold all 2 CPUs.*ray_remote_args"):
+        ds = embed_dataset(ds, tiny_model, actors=2, batch_size=64)  # from_items has no read tasks to starve
+    rows = sorted(ds.take_all(), key=lambda row: row["id"])
     np.testing.assert_allclose(np.array([row["embedding"] for row in rows]),
                                bgeort.Embedder(tiny_model, threads=1).encode_corpus(sentences[:300]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("cpus, per_actor, actors", [(1, 1, 1), (2, 1, 1), (3, 1, 2), (8, 2, 3), (64, 4, 15), (2, 4, 1)])
+def test_default_actors_leave_a_cpu_for_reads_and_writes(cpus, per_actor, actors):
+    assert default_actors(cpus, per_actor) == actors
+
+
+def test_embed_dataset_defaults_finish_a_parquet_read_and_write(cluster, sentences, tiny_model, tmp_path):
+    """Actors on every CPU once starved read_parquet's tasks on this 2-CPU cluster and the job never
+    ended: the defaults must finish (bounded by a thread join, so a regression fails, not hangs)."""
+    import threading
+
+    texts = sentences[:200]
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), tmp_path / "in.parquet")
+    done = []
+    worker = threading.Thread(target=lambda: done.append(embed_dataset(
+        ray.data.read_parquet(str(tmp_path / "in.parquet")), tiny_model, batch_size=64).write_parquet(
+        str(tmp_path / "out"))), daemon=True)
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "embed_dataset's default settings stalled a read_parquet -> write_parquet job"
+    table = pq.read_table(tmp_path / "out").sort_by("id")
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), dtype=np.float32),
+                               bgeort.Embedder(tiny_model, threads=1).encode_corpus(texts), atol=1e-6, rtol=0)
 
 
 def test_rerank_pairs(cluster, sentences, bert_reranker):

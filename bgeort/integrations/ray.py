@@ -2,11 +2,13 @@
 `embed_dataset`, which picks the settings. docs/integrations.md has a cluster recipe and the pitfalls.
 
     ds = ray.data.read_parquet("texts.parquet")          # columns: id, text
-    ds = embed_dataset(ds, "models/bge-small-en-v1.5", actors=4)
+    ds = embed_dataset(ds, "models/bge-small-en-v1.5")   # actors: the cluster's CPUs less one
     ds.write_parquet("vectors/")                          # id, text, embedding (fixed-size list<float>)
 """
 
 from __future__ import annotations
+
+import warnings
 
 from . import require
 
@@ -94,17 +96,30 @@ class Rerank:
         return table.append_column(self.output_column, pa.array(scores, pa.float32()))
 
 
+def default_actors(cluster_cpus: float, cpus_per_actor: int) -> int:
+    """Actors that leave one of the cluster's CPUs to the read and write tasks (each asks for 1 CPU
+    by default; actors holding every CPU starve them and the job stalls: docs/integrations.md)."""
+    return max(1, (int(cluster_cpus) - 1) // cpus_per_actor)
+
+
 def embed_dataset(ds, model_path, *, actors: int | None = None, cpus_per_actor: int = 1,
                   batch_size: int = BATCH_SIZE, **embed_options):
     """`ds.map_batches(Embed, ...)` on a pool of `actors` actors of `cpus_per_actor` CPUs each
-    (default: as many as the cluster's CPUs hold), in Arrow batches of `batch_size` rows.
-    `embed_options` go to `Embed` (text_column, output_column, instruction, precision, ...).
-    Rows may come out in another order: carry an id column."""
+    (default: as many as the cluster's CPUs hold with one CPU left for the read and write tasks),
+    in Arrow batches of `batch_size` rows. `embed_options` go to `Embed` (text_column,
+    output_column, instruction, precision, ...). Rows may come out in another order: carry an id column."""
     positive("cpus_per_actor", cpus_per_actor)
     positive("batch_size", batch_size)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
     if actors is None:
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_actor)
+        actors = default_actors(cluster_cpus, cpus_per_actor)
     positive("actors", actors)
+    if actors * cpus_per_actor >= cluster_cpus:
+        warnings.warn(f"{actors} actor(s) x {cpus_per_actor} CPU(s) hold all {cluster_cpus:g} CPUs of the cluster: "
+                      f"read and write tasks that ask for a whole CPU (Ray's default) wait for them and the job can "
+                      f"stall. Leave a CPU free (actors={default_actors(cluster_cpus, cpus_per_actor)}) or give the "
+                      f"reads and writes a fraction: read_parquet(..., ray_remote_args={{'num_cpus': 0.25}}) and "
+                      f"write_parquet(..., ray_remote_args={{'num_cpus': 0.25}})", RuntimeWarning, stacklevel=2)
     return ds.map_batches(Embed, fn_constructor_kwargs={"model_path": str(model_path), **embed_options},
                           compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
                           batch_size=batch_size, batch_format="pyarrow")
