@@ -89,6 +89,16 @@ def main() -> int:
             mark = time.perf_counter()
             encode(chosen, command["outputs"], command["max_length"], command["batch_size"])
             reply(seconds=time.perf_counter() - mark)
+        elif command["op"] == "alternate":  # dense-only and all-three calls back to back, repeated
+            pairs = []
+            for _ in range(command["repeats"]):
+                seconds = []
+                for outputs in ("dense", "all"):
+                    mark = time.perf_counter()
+                    encode(chosen, outputs, command["max_length"], command["batch_size"])
+                    seconds.append(time.perf_counter() - mark)
+                pairs.append(seconds)
+            reply(pairs=pairs)
         elif command["op"] == "outputs":  # for the agreement check between peers
             out = encode(chosen, "all", command["max_length"], command["batch_size"])
             reply(dense=np.asarray(out["dense_vecs"], np.float64).tolist(),
