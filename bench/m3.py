@@ -524,6 +524,11 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
             fe = peers.get("flagembedding", {}).get("peak_rss")
             for peer in ("bgeort-fp32", "bgeort-int8"):
                 ours = peers.get(peer, {})
+                if fe and ours.get("rc"):
+                    lines.append(f"- {name}, {peer}: failed at the {RSS_CAP / 2**30:.0f} GiB address-space cap with "
+                                 f"{ours['peak_rss'] / 2**30:.2f} GiB resident, already {ours['peak_rss'] / fe:.1f}x "
+                                 "FlagEmbedding's peak (**missed**)"
+                                 + ("; over 4 GB (**missed**)" if name == "single-8192" and peer == "bgeort-fp32" else ""))
                 if not fe or ours.get("rc") or "peak_rss" not in ours:
                     continue
                 full = estimates[(name, peer)] / estimates[(name, "flagembedding")]
