@@ -47,6 +47,10 @@ bench-avx2: $(VENV)/.bench-installed  ## the CPU benchmark with cpuid hiding AVX
 bench-rerank: $(VENV)/.bench-installed  ## reranker CPU benchmark: bge-reranker-base shape vs CrossEncoder -> bench/results/rerank.md (~15 min)
 	$(PY) bench/rerank.py $(BENCH_ARGS)
 
+.PHONY: bench-m3
+bench-m3: $(VENV)/.bench-installed  ## bge-m3 shape vs FlagEmbedding (first: bash bench/flagembedding_venv.sh) -> bench/results/m3.md (~30 min)
+	$(PY) bench/m3.py $(BENCH_ARGS)
+
 soak: setup  ## 16 threads hammering one Embedder, one Reranker and bgeort serve on 127.0.0.1, every result checked -> bench/results/soak.md (~6 min; BENCH_ARGS=--quick)
 	$(PY) bench/soak.py $(BENCH_ARGS)
 

@@ -25,13 +25,15 @@ HIDDEN_OUTPUT = "last_hidden_state"
 UNUSED_TOKENS = ("cls_token", "eos_token", "pad_token", "unk_token")
 
 # Per precision, the bounds of the parity check (names: `compare`). fp32: the 1e-4 on every
-# output with the same sparse ids. int8 and fp16: set from what the exports measured (docs/m3.md).
+# output with the same sparse ids. int8: about ten times the distance from PyTorch that real weights
+# measured; fp16: room for CUDA's kernels over the CPU's 1e-6 (docs/m3.md, "Parity bars").
 THRESHOLDS = {
     "fp32": {"dense_max_abs_diff": 1e-4, "colbert_max_abs_diff": 1e-4, "sparse_max_abs_diff": 1e-4,
              "sparse_id_sets_equal": 1.0},
     "fp32-unfused": {"dense_max_abs_diff": 1e-4, "colbert_max_abs_diff": 1e-4, "sparse_max_abs_diff": 1e-4,
                      "sparse_id_sets_equal": 1.0},
-    "int8": {"dense_mean_cosine": 0.99, "colbert_mean_cosine": 0.98, "sparse_top10_agreement": 0.8},
+    "int8": {"dense_mean_cosine": 0.99, "dense_min_cosine": 0.98, "colbert_mean_cosine": 0.98,
+             "colbert_min_cosine": 0.9, "sparse_top10_agreement": 0.8},
     "fp16": {"dense_min_cosine": 0.999, "colbert_min_cosine": 0.995, "sparse_top10_agreement": 0.9},
 }
 # A sparse id whose weight is below this on one side and absent on the other is a tie at zero, not a
