@@ -7,7 +7,7 @@
    per path (the best is the run the shared machine disturbed least). Target: <= 5% over encode_corpus.
 2. Ray Data on a local cluster of `--ray-cpus` CPUs: one Parquet file of STS-B sentences + SciFact
    pieces, read -> Embed -> write Parquet, with embed_dataset's defaults (a CPU left for the read and
-   write tasks) and with an actor on every CPU (reads and writes at a quarter CPU), against one in-process
+   write tasks: actors on every CPU stall the job), against one in-process
    `Embedder(threads=2)` reading and writing the same files. Texts/s end to end (actor start
    included: that is what a job pays), with ds.stats() showing where the time goes.
 
@@ -21,7 +21,6 @@ import gc
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -100,7 +99,7 @@ def measure_ray(model: str, texts: list[str], *, cpus: int, batch_size: int, fol
     import pyarrow.parquet as pq
     import ray
 
-    from bgeort.integrations.ray import Embed, embed_dataset
+    from bgeort.integrations.ray import Embed, default_actors, embed_dataset
 
     source = folder / "texts.parquet"
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), source)
@@ -117,20 +116,14 @@ def measure_ray(model: str, texts: list[str], *, cpus: int, batch_size: int, fol
     while ray.cluster_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(1)
     try:
-        # embed_dataset's default leaves a CPU to the read and write tasks; actors on every CPU need
-        # the reads and writes at a fraction of one, or they wait for the actors and the job stalls
-        for actors, io_cpus in ((None, 1), (cpus, 0.25)):
-            start = time.perf_counter()
-            io = {"ray_remote_args": {"num_cpus": io_cpus}}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # the all-CPUs warning: reads and writes get 0.25
-                ds = embed_dataset(ray.data.read_parquet(str(source), **io), model, actors=actors, cpus_per_actor=1,
-                                   batch_size=batch_size)
-            ds.write_parquet(str(folder / f"ray_{actors}"), **io)
-            seconds = time.perf_counter() - start
-            label = "embed_dataset defaults (1 CPU left for reads and writes)" if actors is None else \
-                f"{actors} actors x 1 CPU, reads and writes at {io_cpus} CPU"
-            rows.append({"setup": f"Ray Data, {label}, batch {batch_size}",
+        # embed_dataset's default leaves a CPU to the read and write tasks: actors on every CPU starve
+        # the read's file listing (a whole CPU whatever read_parquet's ray_remote_args say) for good
+        start = time.perf_counter()
+        ds = embed_dataset(ray.data.read_parquet(str(source)), model, batch_size=batch_size)
+        ds.write_parquet(str(folder / "ray"))
+        seconds = time.perf_counter() - start
+        actors = default_actors(cpus, 1)
+        rows.append({"setup": f"Ray Data, embed_dataset's defaults: {actors} actor(s) x 1 CPU, batch {batch_size}",
                          "texts_per_s": len(texts) / seconds, "stats": ds.stats()})
     finally:
         ray.shutdown()

@@ -75,7 +75,7 @@ def test_every_batch_format_and_the_query_instruction(cluster, sentences, tiny_m
 
 def test_embed_dataset_picks_the_settings(cluster, sentences, tiny_model):
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(sentences[:300])])
-    with pytest.warns(RuntimeWarning, match="hold all 2 CPUs.*ray_remote_args"):
+    with pytest.warns(RuntimeWarning, match="hold all 2 CPUs.*Leave a CPU free: actors=1"):
         ds = embed_dataset(ds, tiny_model, actors=2, batch_size=64)  # from_items has no read tasks to starve
     rows = sorted(ds.take_all(), key=lambda row: row["id"])
     np.testing.assert_allclose(np.array([row["embedding"] for row in rows]),

@@ -116,10 +116,10 @@ def embed_dataset(ds, model_path, *, actors: int | None = None, cpus_per_actor: 
     positive("actors", actors)
     if actors * cpus_per_actor >= cluster_cpus:
         warnings.warn(f"{actors} actor(s) x {cpus_per_actor} CPU(s) hold all {cluster_cpus:g} CPUs of the cluster: "
-                      f"read and write tasks that ask for a whole CPU (Ray's default) wait for them and the job can "
-                      f"stall. Leave a CPU free (actors={default_actors(cluster_cpus, cpus_per_actor)}) or give the "
-                      f"reads and writes a fraction: read_parquet(..., ray_remote_args={{'num_cpus': 0.25}}) and "
-                      f"write_parquet(..., ray_remote_args={{'num_cpus': 0.25}})", RuntimeWarning, stacklevel=2)
+                      f"the read and write tasks (a file read's listing task asks for a whole CPU) wait for them "
+                      f"and the job can stall for good. Leave a CPU free: actors="
+                      f"{default_actors(cluster_cpus, cpus_per_actor)}, or leave actors= out", RuntimeWarning,
+                      stacklevel=2)
     return ds.map_batches(Embed, fn_constructor_kwargs={"model_path": str(model_path), **embed_options},
                           compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
                           batch_size=batch_size, batch_format="pyarrow")
