@@ -128,7 +128,8 @@ class _BatchQueue:
     def __init__(self, run: Callable, *, runner: InferenceThread, max_queue: int, max_batch_texts: int,
                  stats: BatchStats, name: str):
         # (key, items, [(texts, options) per request]) -> ([answer per request], tokens), on the inference
-        # thread: splitting, normalizing and the like stay off the event loop (bench/README.md, "The server")
+        # thread: splitting, normalizing and numpy's small calls stay off the event loop (bench/README.md,
+        # "The server"); an answer is (result, whether any of its texts was truncated)
         self._run = run
         self._runner = runner
         self.max_queue = positive("max_queue", max_queue)
@@ -334,8 +335,10 @@ class AsyncEmbedder(_AsyncModel):
             vectors, weights = out["dense_vecs"], list(zip(out["sparse_indices"], out["sparse_values"]))
         # one l2_normalize for the whole batch (rows are independent) instead of one per request
         normalized = l2_normalize(vectors) if any(normalize for _, normalize in parts) else None
-        answers = [Embedded((normalized if normalize else vectors)[part], lengths[part], truncated[part],
-                            None if weights is None else weights[part]) for part, normalize in _slices(parts)]
+        cut = bool(truncated.any())
+        answers = [(Embedded((normalized if normalize else vectors)[part], lengths[part], truncated[part],
+                             None if weights is None else weights[part]), cut and bool(truncated[part].any()))
+                   for part, normalize in _slices(parts)]
         return answers, int(lengths.sum())
 
     def _m3(self):
@@ -367,8 +370,8 @@ class AsyncEmbedder(_AsyncModel):
             return Embedded(np.zeros((0, self.model.dim), dtype=np.float32), np.zeros(0, dtype=np.int64),
                             np.zeros(0, dtype=bool), [] if sparse else None)
         normalize = self.model.normalize_embeddings if normalize is None else normalize
-        embedded = await self._queue.submit(items, (length, bool(sparse)), normalize)
-        if embedded.truncated.any():
+        embedded, cut = await self._queue.submit(items, (length, bool(sparse)), normalize)
+        if cut:
             warn_truncated(embedded.truncated, length)
         return embedded
 
@@ -416,8 +419,9 @@ class AsyncReranker(_AsyncModel):
         max_length, sliding_window = key
         logits, truncated, lengths = self.model.score_window(pairs, normalize=False, max_length=max_length,
                                                              sliding_window=sliding_window)
-        answers = [Scored(sigmoid(logits[part]) if normalize else logits[part], lengths[part], truncated[part])
-                   for part, normalize in _slices(parts)]
+        cut = bool(truncated.any())
+        answers = [(Scored(sigmoid(logits[part]) if normalize else logits[part], lengths[part], truncated[part]),
+                    cut and bool(truncated[part].any())) for part, normalize in _slices(parts)]
         return answers, int(lengths.sum())
 
     async def score(self, pairs, *, normalize: bool = False, max_length: int | None = None,
@@ -432,8 +436,8 @@ class AsyncReranker(_AsyncModel):
             raise TypeError(f"sliding_window must be True or False, got {sliding_window!r}")
         if not items:
             return Scored(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
-        scored = await self._queue.submit(items, (length, sliding_window), bool(normalize))
-        if scored.truncated.any():
+        scored, cut = await self._queue.submit(items, (length, sliding_window), bool(normalize))
+        if cut:
             warn_truncated(scored.truncated, length)
         return scored
 
