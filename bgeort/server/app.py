@@ -9,6 +9,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -30,6 +31,7 @@ LOG = logging.getLogger("bgeort.server")
 DEFAULT_MAX_INPUTS = 2048  # OpenAI's own limit per embeddings request
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 CLIENT_GONE = 499  # nginx's status for "the client closed the request", counted in /metrics only
+_LONG_NUMBER = re.compile(rb"\d{19}")  # 19 digits or more: maybe past 64 bits (read_json)
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -172,10 +174,11 @@ async def read_json(service: Service, request: Request):
             raise _too_large(limit)
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    try:
-        return orjson.loads(body)  # a fifth of json.loads's time on a one-sentence body
-    except orjson.JSONDecodeError:
-        pass  # the standard library decides the rest, so what parses and every error message stay its own
+    if _LONG_NUMBER.search(body) is None:  # orjson reads integers past 64 bits as floats; json keeps them
+        try:
+            return orjson.loads(body)  # a fifth of json.loads's time on a one-sentence body
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides the rest, so what parses and every error message stay its own
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
