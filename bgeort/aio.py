@@ -93,6 +93,14 @@ class BatchStats:
         return self.texts / self.inference_seconds if self.inference_seconds > 0 else None
 
 
+def _slices(parts: list):
+    """(slice of the batch's rows, options) per request, for `parts` = [(texts, options), ...]."""
+    start = 0
+    for count, options in parts:
+        yield slice(start, start + count), options
+        start += count
+
+
 class InferenceThread:
     """The one thread that runs library calls. Share one between an AsyncEmbedder and an
     AsyncReranker so they take turns on the cores; whoever makes it closes it."""
@@ -110,6 +118,7 @@ class _Request:
     key: tuple
     future: asyncio.Future
     enqueued: float
+    options: object = None  # per-request choices the run applies to this request's rows (e.g. normalize)
     state: str = "queued"  # then "taken" (in a batch) or "dropped" (cancelled while queued)
 
 
@@ -118,7 +127,10 @@ class _BatchQueue:
 
     def __init__(self, run: Callable, *, runner: InferenceThread, max_queue: int, max_batch_texts: int,
                  stats: BatchStats, name: str):
-        self._run = run  # (key, items) -> (rows, truncated, lengths), on the inference thread
+        # (key, items, [(texts, options) per request]) -> ([answer per request], tokens), on the inference
+        # thread: splitting, normalizing and numpy's small calls stay off the event loop (bench/README.md,
+        # "The server"); an answer is (result, whether any of its texts was truncated)
+        self._run = run
         self._runner = runner
         self.max_queue = positive("max_queue", max_queue)
         self.max_batch_texts = positive("max_batch_texts", max_batch_texts)
@@ -129,7 +141,7 @@ class _BatchQueue:
         self._worker: asyncio.Task | None = None
         self.closed = False
 
-    async def submit(self, items: list, key: tuple):
+    async def submit(self, items: list, key: tuple, options=None):
         if self.closed:
             raise BgeortError(f"this async {self._name} was closed; open a new one")
         if len(items) > self.max_queue:
@@ -145,7 +157,7 @@ class _BatchQueue:
             # a worker per event loop: after asyncio.run() ends, the next one needs its own
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._work())
-        request = _Request(items, key, loop.create_future(), time.perf_counter())
+        request = _Request(items, key, loop.create_future(), time.perf_counter(), options)
         self._pending.append(request)
         self.stats.queued_texts += len(items)
         self._wake.set()
@@ -186,10 +198,13 @@ class _BatchQueue:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._pending:
+                # straight after a batch: handlers it made ready enqueue before the take. Woken from
+                # idle, every handler ready in that iteration has enqueued already, so no extra turn.
+                await asyncio.sleep(0)
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            await asyncio.sleep(0)  # handlers made ready by the last batch enqueue before the take
             group = self._take()
             if group:
                 try:
@@ -202,8 +217,9 @@ class _BatchQueue:
     async def _run_group(self, loop, group: list[_Request]) -> None:
         started = time.perf_counter()
         items = [item for request in group for item in request.items]
+        parts = [(len(request.items), request.options) for request in group]
         try:
-            rows, truncated, lengths = await loop.run_in_executor(self._runner.executor, self._run, group[0].key, items)
+            answers, tokens = await loop.run_in_executor(self._runner.executor, self._run, group[0].key, items, parts)
         except Exception as exc:
             if len(group) == 1:
                 self.stats.failed += 1
@@ -216,13 +232,10 @@ class _BatchQueue:
                 await self._run_group(loop, [request])
             return
         elapsed = time.perf_counter() - started
-        start = 0
-        for request in group:
-            end = start + len(request.items)
+        for request, answer in zip(group, answers):
             if not request.future.done():  # a cancelled request's rows are dropped
-                request.future.set_result((rows[start:end], truncated[start:end], lengths[start:end]))
-            start = end
-        record = BatchRecord(len(group), len(items), int(lengths.sum()),
+                request.future.set_result(answer)
+        record = BatchRecord(len(group), len(items), tokens,
                              tuple(started - request.enqueued for request in group), elapsed)
         stats = self.stats
         stats.batches += 1
@@ -231,7 +244,11 @@ class _BatchQueue:
         stats.tokens += record.tokens
         stats.queue_seconds += sum(record.queue_seconds)
         stats.inference_seconds += elapsed
-        for observer in stats.observers:
+        if stats.observers:  # after the callers just answered have run: they wait on nothing else
+            loop.call_soon(self._observe, record)
+
+    def _observe(self, record: BatchRecord) -> None:
+        for observer in self.stats.observers:
             observer(record)
 
     async def close(self) -> None:
@@ -297,7 +314,8 @@ class AsyncEmbedder(_AsyncModel):
 
     `model` is a folder path (opened with the `Embedder` options given) or an open `Embedder`
     (then it stays the caller's to close). Per-call options: `max_length` (requests with different
-    values run in different batches), `normalize` (applied per request after the run).
+    values run in different batches), `normalize` (applied per request on the inference thread, so it
+    does not split batches).
     """
 
     _library, _name = Embedder, "embedder"
@@ -306,14 +324,22 @@ class AsyncEmbedder(_AsyncModel):
                  runner: InferenceThread | None = None, **options):
         super().__init__(model, max_queue=max_queue, max_batch_texts=max_batch_texts, runner=runner, options=options)
 
-    def _run(self, key: tuple, items: list[str]):
+    def _run(self, key: tuple, items: list[str], parts: list) -> tuple[list[Embedded], int]:
         max_length, sparse = key
+        weights = None
         if not sparse:
-            return self.model.embed_window(items, max_length=max_length, normalize=False)
-        out, truncated, lengths = self._m3().embed_window(items, max_length=max_length, sparse=True, normalize=False)
-        rows = np.empty(len(items), dtype=object)  # (vector, ids, weights) per text, sliced per request
-        rows[:] = list(zip(out["dense_vecs"], out["sparse_indices"], out["sparse_values"]))
-        return rows, truncated, lengths
+            vectors, truncated, lengths = self.model.embed_window(items, max_length=max_length, normalize=False)
+        else:
+            out, truncated, lengths = self._m3().embed_window(items, max_length=max_length, sparse=True,
+                                                              normalize=False)
+            vectors, weights = out["dense_vecs"], list(zip(out["sparse_indices"], out["sparse_values"]))
+        # one l2_normalize for the whole batch (rows are independent) instead of one per request
+        normalized = l2_normalize(vectors) if any(normalize for _, normalize in parts) else None
+        cut = bool(truncated.any())
+        answers = [(Embedded((normalized if normalize else vectors)[part], lengths[part], truncated[part],
+                             None if weights is None else weights[part]), cut and bool(truncated[part].any()))
+                   for part, normalize in _slices(parts)]
+        return answers, int(lengths.sum())
 
     def _m3(self):
         if getattr(self, "_m3_model", None) is None:
@@ -343,18 +369,11 @@ class AsyncEmbedder(_AsyncModel):
         if not items:
             return Embedded(np.zeros((0, self.model.dim), dtype=np.float32), np.zeros(0, dtype=np.int64),
                             np.zeros(0, dtype=bool), [] if sparse else None)
-        rows, truncated, lengths = await self._queue.submit(items, (length, bool(sparse)))
-        weights = None
-        if sparse:
-            weights = [(ids, values) for _, ids, values in rows]
-            vectors = np.stack([vector for vector, _, _ in rows]).astype(np.float32, copy=False)
-        else:
-            vectors = rows
-        if truncated.any():
-            warn_truncated(truncated, length)
-        if self.model.normalize_embeddings if normalize is None else normalize:
-            vectors = l2_normalize(vectors)
-        return Embedded(vectors, lengths, truncated, weights)
+        normalize = self.model.normalize_embeddings if normalize is None else normalize
+        embedded, cut = await self._queue.submit(items, (length, bool(sparse)), normalize)
+        if cut:
+            warn_truncated(embedded.truncated, length)
+        return embedded
 
     async def encode(self, texts, **options) -> np.ndarray:
         """As `Embedder.encode`: a list gives float32 (N, dim), a single str (dim,)."""
@@ -387,7 +406,7 @@ class AsyncReranker(_AsyncModel):
     """A `Reranker` for asyncio: concurrent calls are gathered into shared batches.
 
     Per-call options: `max_length` and `sliding_window` (requests differing in them run in different
-    batches), `normalize` (the sigmoid, applied per request after the run).
+    batches), `normalize` (the sigmoid, applied per request, so it does not split batches).
     """
 
     _library, _name = Reranker, "reranker"
@@ -396,9 +415,14 @@ class AsyncReranker(_AsyncModel):
                  runner: InferenceThread | None = None, **options):
         super().__init__(model, max_queue=max_queue, max_batch_texts=max_batch_texts, runner=runner, options=options)
 
-    def _run(self, key: tuple, pairs: list):
+    def _run(self, key: tuple, pairs: list, parts: list) -> tuple[list[Scored], int]:
         max_length, sliding_window = key
-        return self.model.score_window(pairs, normalize=False, max_length=max_length, sliding_window=sliding_window)
+        logits, truncated, lengths = self.model.score_window(pairs, normalize=False, max_length=max_length,
+                                                             sliding_window=sliding_window)
+        cut = bool(truncated.any())
+        answers = [(Scored(sigmoid(logits[part]) if normalize else logits[part], lengths[part], truncated[part]),
+                    cut and bool(truncated[part].any())) for part, normalize in _slices(parts)]
+        return answers, int(lengths.sum())
 
     async def score(self, pairs, *, normalize: bool = False, max_length: int | None = None,
                     sliding_window: bool = False) -> Scored:
@@ -412,10 +436,10 @@ class AsyncReranker(_AsyncModel):
             raise TypeError(f"sliding_window must be True or False, got {sliding_window!r}")
         if not items:
             return Scored(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
-        logits, truncated, lengths = await self._queue.submit(items, (length, sliding_window))
-        if truncated.any():
-            warn_truncated(truncated, length)
-        return Scored(sigmoid(logits) if normalize else logits, lengths, truncated)
+        scored, cut = await self._queue.submit(items, (length, sliding_window), bool(normalize))
+        if cut:
+            warn_truncated(scored.truncated, length)
+        return scored
 
     async def compute_score(self, pairs, **options):
         """As `Reranker.compute_score`: one pair gives a float, a list of pairs float32 (N,)."""

@@ -26,7 +26,7 @@ class Embedder:
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, query_instruction_for_retrieval: str | None = None,
-                 normalize_embeddings: bool | None = None, spinning: bool = True, verify: bool = True,
+                 normalize_embeddings: bool | None = None, spinning: bool | str = True, verify: bool = True,
                  side_by_side: bool | None = None):
         """Open the model folder at `path` (every option: docs/api.md).
 

@@ -31,7 +31,7 @@ class M3Embedder:
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None, max_batch_tokens: int | None = None,
-                 spinning: bool = True, verify: bool = True, side_by_side: bool | None = None):
+                 spinning: bool | str = True, verify: bool = True, side_by_side: bool | None = None):
         """Open the bge-m3 folder at `path`; the options are `Embedder`'s (dense vectors come from it)."""
         self._attach(Embedder(path, precision=precision, device=device, threads=threads, batch_size=batch_size,
                               max_batch_tokens=max_batch_tokens, spinning=spinning, verify=verify,

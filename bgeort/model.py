@@ -78,7 +78,7 @@ class OpenModel:
     file: Path | None = None
     choice: object = None
     exact_int8: bool | None = False
-    spinning: bool = True
+    spinning: bool | str = True
     side_by_side: bool = True
     pipelined: bool = False  # tokenize the next texts while this slice runs (encode_and_run)
     files: tuple = ()  # the graph and its data file, as opened
@@ -89,9 +89,12 @@ class OpenModel:
 
     @classmethod
     def open(cls, path, *, kind: str, precision: str, device: str, threads: int | None,
-             spinning: bool = True, verify: bool = True, side_by_side: bool | None = None) -> "OpenModel":
+             spinning: bool | str = True, verify: bool = True, side_by_side: bool | None = None) -> "OpenModel":
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if not (isinstance(spinning, bool) or spinning == "runs"):
+            raise ValueError(f"spinning must be True (spin during and between runs), 'runs' (during runs only) "
+                             f"or False (never), got {spinning!r}")
         if side_by_side is not None and not isinstance(side_by_side, bool):
             raise ValueError(f"side_by_side must be True, False or None (by the graph's size), got {side_by_side!r}")
         path = Path(os.fspath(path))

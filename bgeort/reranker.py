@@ -41,7 +41,7 @@ class Reranker:
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "auto", device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
-                 max_batch_tokens: int | None = None, spinning: bool = True, verify: bool = True,
+                 max_batch_tokens: int | None = None, spinning: bool | str = True, verify: bool = True,
                  side_by_side: bool | None = None):
         self._model = OpenModel.open(path, kind="reranker", precision=precision, device=device,
                                      threads=threads, spinning=spinning, verify=verify,

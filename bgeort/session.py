@@ -207,7 +207,10 @@ def this_cpu_needs_exact_int8() -> bool:
 CPU_DISABLED_FUSIONS = ("BiasGeluFusion",)
 
 
-def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: bool | None = None,
+SPINNING = (True, "runs", False)
+
+
+def session_options(ort, *, threads: int | None, spinning: bool | str, exact_int8: bool | None = None,
                     cpu: bool = True, memory_patterns: bool = False):
     options = ort.SessionOptions()
     if cpu and not memory_patterns:
@@ -221,13 +224,17 @@ def session_options(ort, *, threads: int | None, spinning: bool, exact_int8: boo
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if not spinning:
+    if spinning is False:
         # Threads that spin between runs take cores away from a caller doing other work.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spinning == "runs":
+        # Spin inside a run (its many small parallel sections), stop when it returns: the time between
+        # runs is a server's event loop's and its clients' (docs/server.md, "How the cores are shared").
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
-def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool = True,
+def open_session(model_path: str, choice: ProviderChoice, *, threads: int | None, spinning: bool | str = True,
                  exact_int8: bool | None = None, memory_patterns: bool = False, tf32: bool = True):
     """An InferenceSession for `choice`, verified to run on the device it names.
 

@@ -259,6 +259,14 @@ def test_an_fp16_graph_on_the_cpu_counts_as_its_float32_weights_for_the_side_ses
     assert int8.manifest.variants["int8"].bytes <= 2 * size and int8._model.side_by_side
 
 
+def test_spinning_runs_only_and_a_wrong_value(tiny_model):
+    model = bgeort.Embedder(tiny_model, threads=2, spinning="runs")
+    assert model._model.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    assert model.encode(SENTENCES[:2]).shape == (2, model.dim)
+    with pytest.raises(ValueError, match="spinning must be True .* 'runs' .* or False"):
+        bgeort.Embedder(tiny_model, spinning="sometimes")
+
+
 def test_the_side_by_side_session_keeps_the_spinning_choice(tiny_model):
     texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 7]) for i in range(40)]
     quiet = bgeort.Embedder(tiny_model, threads=2, spinning=False)

@@ -140,6 +140,19 @@ def test_json_response_takes_any_numpy_layout():
                                                     "flags": [True, False], "ids": [3, 1], "plain": [1.5, "x"]}
 
 
+@pytest.mark.parametrize("argv,want", [([], True), (["--spinning", "runs"], "runs"), (["--spinning", "off"], False),
+                                       (["--no-spinning"], False), (["--spinning", "on"], True)])
+def test_spinning_option(argv, want):
+    import argparse
+
+    from bgeort.cli import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    got = serve.SPINNING[parser.parse_args(["folder", *argv]).spinning]
+    assert got == want and type(got) is type(want)
+
+
 def test_embeddings_alias_and_embed_route(server, embedder):
     alias = post(server, "/embeddings", {"input": SENTENCES, "encoding_format": "float"})
     assert alias.status_code == 200 and close([d["embedding"] for d in alias.json()["data"]], embedder.encode(SENTENCES))
@@ -217,6 +230,7 @@ ERRORS = [  # (method, path, body: JSON value or raw bytes, status, code, param)
     ("POST", "/v1/embeddings", {"input": ""}, 400, "empty_string", "input[0]"),
     ("POST", "/v1/embeddings", {"input": ["a", 3]}, 400, "token_ids_not_supported", "input[1]"),
     ("POST", "/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "token_ids_not_supported", "input[0]"),
+    ("POST", "/v1/embeddings", {"input": [2**70]}, 400, "token_ids_not_supported", "input[0]"),  # an int, not a float
     ("POST", "/v1/embeddings", {"input": ["a", {"text": "b"}]}, 400, "invalid_type", "input[1]"),
     ("POST", "/v1/embeddings", {"input": ["a", None]}, 400, "invalid_type", "input[1]"),
     ("POST", "/v1/embeddings", {"input": ["a"] * (MAX_INPUTS + 1)}, 400, "too_many_inputs", "input"),
@@ -243,6 +257,19 @@ ERRORS = [  # (method, path, body: JSON value or raw bytes, status, code, param)
     ("GET", "/v1/embeddings", None, 405, "method_not_allowed", None),
     ("DELETE", "/health", None, 405, "method_not_allowed", None),
 ]
+
+
+def test_bodies_parse_as_the_standard_library_parses_them(server, embedder):
+    """orjson reads the bodies, json.loads what orjson refuses: UTF-16, NaN, integers past 64 bits."""
+    want = embedder.encode(["hello world"])
+    body = '{"input": ["hello world"], "encoding_format": "float", "user": %s}'
+    for content in ((body % 1).encode("utf-16"), (body % "NaN").encode(), (body % 2**70).encode()):
+        response = httpx.post(server + "/v1/embeddings", content=content, timeout=30,
+                              headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status_code == 200 and close(response.json()["data"][0]["embedding"], want), content
+    lone = httpx.post(server + "/v1/embeddings", content=b'{"input": ["a \\ud800 b"]}', timeout=30,
+                      headers={**AUTH, "Content-Type": "application/json"})
+    assert lone.status_code == 400 and "Unicode" in lone.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("method,path,body,status,code,param", ERRORS,

@@ -146,3 +146,16 @@ def test_cpu_sessions_keep_the_ffn_bias_add_and_gelu_apart(tmp_path, monkeypatch
     h = x.astype(np.float64) + numpy_helper.to_array(constants[0])
     exact = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spinning,allow,stop", [(True, None, None), ("runs", None, "1"), (False, "0", None)])
+def test_spinning_modes_set_the_onnxruntime_options(spinning, allow, stop):
+    import onnxruntime as ort
+
+    options = session_options(ort, threads=2, spinning=spinning)
+    for key, want in (("session.intra_op.allow_spinning", allow), ("session.force_spinning_stop", stop)):
+        if want is None:
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                options.get_session_config_entry(key)
+        else:
+            assert options.get_session_config_entry(key) == want

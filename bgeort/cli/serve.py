@@ -6,6 +6,7 @@ import argparse
 import os
 
 HELP = "serve an embedder and/or a reranker over HTTP (OpenAI /v1/embeddings, Cohere/Jina /v1/rerank)"
+SPINNING = {"on": True, "runs": "runs", "off": False}  # --spinning's values, as the library's `spinning`
 
 
 def add_arguments(parser) -> None:
@@ -17,9 +18,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("BGEORT_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health (default: $BGEORT_API_KEY)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: the cores this process may use)")
-    parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=True,
-                        help="let onnxruntime's threads spin between runs (the library's default); --no-spinning "
-                             "leaves those cycles to the event loop and other processes on the same cores")
+    parser.add_argument("--spinning", choices=SPINNING, default="on",
+                        help="onnxruntime's threads: 'on' spin during and between runs (the library's default), "
+                             "'runs' spin during a run and stop when it returns, leaving the time between runs to "
+                             "the event loop and the clients on the same cores, 'off' never spin")
+    parser.add_argument("--no-spinning", dest="spinning", action="store_const", const="off",
+                        help="the same as --spinning off")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-queue", type=int, default=None, help="texts waiting per model before 429 (default 8192)")
@@ -43,6 +47,6 @@ def run(args) -> int:
                                               ("max_inputs", args.max_inputs), ("max_body_bytes", args.max_body_bytes))
               if value is not None}
     service = open_service(embedder=embedder, reranker=reranker, api_key=args.api_key, threads=args.threads,
-                           precision=args.precision, device=args.device, spinning=args.spinning,
+                           precision=args.precision, device=args.device, spinning=SPINNING[args.spinning],
                            **limits)
     return serve(service, host=args.host, port=args.port, log_level=args.log_level)

@@ -35,6 +35,7 @@ class Metrics:
         self.inference_seconds = Histogram("bgeort_inference_seconds", "Time of one library call", ["model"],
                                            buckets=SECOND_BUCKETS, registry=registry)
         self.queue_depth = Gauge("bgeort_queue_texts", "Texts waiting in the queue", ["model"], registry=registry)
+        self._answered = {}  # (route, status) -> the labelled children answered() updates
 
     def watch(self, role: str, model) -> None:
         """Observe every batch of an AsyncEmbedder / AsyncReranker under the label `role`."""
@@ -57,10 +58,17 @@ class Metrics:
         model.stats.observers.append(observe)
 
     def answered(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        if status >= 400:
-            self.errors.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._answered.get((route, status))
+        if children is None:  # (route, status) pairs are few: the routes, "unmatched" and the statuses
+            label = str(status)
+            children = self._answered[(route, status)] = (
+                self.requests.labels(route, label), self.errors.labels(route, label) if status >= 400 else None,
+                self.latency.labels(route))
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
