@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-corpus", choices=("mixed", "sentences"), default="mixed",
                         help="texts of the RSS runs: the speed run's mix, or its sentences only (no whole "
                              "abstracts: 200,000 rows in minutes on 2 cores)")
+    parser.add_argument("--rss-repeat", action="store_true",
+                        help="every RSS corpus repeats the smallest one's texts (the same longest batches at every size)")
     parser.add_argument("--out", type=Path, help="report file (default: bench/results/corpus.md, none with --quick)")
     args = parser.parse_args(argv)
     rows = args.rows or (2000 if args.quick else 100_000)
@@ -166,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"{memory_seconds / seconds:.3f} | |")
             lines += ["", f"CLI last line: `{last}`"]
         rss_texts = real_texts(args.rss_corpus)
+        if args.rss_repeat:  # the same texts, so the same batch shapes, at every size: only the row count differs
+            rss_texts = rss_texts[:rss_sizes[0]]
         lines += ["", f"Peak RSS of `bgeort embed` alone (its own process's ru_maxrss, forked by a fresh launcher), "
-                  f"texts: STS-B sentences and SciFact {'abstracts and sentences' if args.rss_corpus == 'mixed' else 'sentences (no whole abstracts)'}.",
+                  f"texts: STS-B sentences and SciFact {'abstracts and sentences' if args.rss_corpus == 'mixed' else 'sentences (no whole abstracts)'}"
+                  + (f", the first {rss_sizes[0]:,} repeated to fill each size." if args.rss_repeat else "."),
                   "", "| rows | peak RSS (MB) | CLI last line |", "| ---: | ---: | --- |"]
         peaks = []
         for size in rss_sizes:
