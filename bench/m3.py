@@ -610,7 +610,10 @@ def main(argv=None) -> int:
     raw["wall_seconds"] = time.time() - started
     summary = summarize(raw)
     saved = {**raw, "texts": {corpus: items if corpus in ("short",) else [len(t) for t in items]
-                              for corpus, items in texts.items()}}  # long texts by length only
+                              for corpus, items in texts.items()},  # long texts by length only
+             # the vectors behind the agreement check stay out (megabytes): the summary holds its result
+             "throughput": {peer: {k: v for k, v in data.items() if k != "outputs"}
+                            for peer, data in raw["throughput"].items()}}
     (args.out / "m3.json").write_text(json.dumps({"summary": summary, "raw": saved}, indent=1))
     write_markdown(summary, raw, args.out / "m3.md")
     log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'm3.md'}")
