@@ -103,7 +103,7 @@ def server_command(name: str, port: int, args) -> tuple[list[str], str]:
     models = args.models / "bge-small"
     host = ["--host", "127.0.0.1", "--port", str(port)]
     if name.startswith("bgeort"):
-        spin = {"bgeort-nospin": ["--no-spinning"], "bgeort-runspin": ["--spinning", "runs"]}.get(name, [])
+        spin = {"bgeort-nospin": ["--no-spinning"], "bgeort-spin": ["--spinning", "on"]}.get(name, [])
         return [args.bgeort_python, "-m", "bgeort", "serve", str(models / "bgeort"), *host,
                 "--threads", str(args.threads), *spin], "/v1/embeddings"
     if name == "st":

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from loadgen import percentiles_ms
 
-SERVERS = ("bgeort", "bgeort-nospin", "bgeort-runspin", "st", "infinity", "infinity-fp32")
+SERVERS = ("bgeort", "bgeort-spin", "bgeort-nospin", "st", "infinity", "infinity-fp32")
 DESCRIPTIONS = {
-    "bgeort": "`python -m bgeort serve` on the bgeort export (int8 on CPU), cross-request batching",
-    "bgeort-nospin": "the same with `--no-spinning` (onnxruntime's threads sleep between runs instead of "
-                     "spinning, leaving the cores to the event loop and the client)",
-    "bgeort-runspin": "the same with `--spinning runs` (onnxruntime's threads spin inside a run and stop when it "
-                      "returns, leaving the time between runs to the event loop and the client)",
+    "bgeort": "`python -m bgeort serve` on the bgeort export (int8 on CPU), cross-request batching, its defaults "
+              "(onnxruntime's threads spin inside a run and stop when it returns: `--spinning runs`)",
+    "bgeort-spin": "the same with `--spinning on` (the threads spin between runs too, the library's default)",
+    "bgeort-nospin": "the same with `--no-spinning` (onnxruntime's threads never spin, not even inside a run)",
     "st": "sentence-transformers (PyTorch fp32) behind a minimal FastAPI app, one `model.encode` per request "
           "under a lock (bench/st_server.py)",
     "infinity": "infinity-emb v2, `--engine optimum`, on the sentence-transformers folder (its own ONNX files); "
@@ -50,7 +49,7 @@ def targets(raw: dict, baseline: dict) -> list[dict]:
             out.append(_row(name, "lower", f"{mine['p99']:.1f} vs {theirs['p99']:.1f} ms", mine["p99"] / theirs["p99"],
                             mine["p99"] < theirs["p99"]))
     direct = baseline.get("per_request_p50_ms", {}).get("sentence")
-    for server in ("bgeort", "bgeort-nospin", "bgeort-runspin"):
+    for server in ("bgeort", "bgeort-spin", "bgeort-nospin"):
         single = _load(raw, server, "sentence", 1)
         name = f"one-sentence requests, 1 client: {server} p50 vs `Embedder.encode` in-process p50"
         if not single or single["p50"] is None or not direct:

@@ -140,7 +140,7 @@ def test_json_response_takes_any_numpy_layout():
                                                     "flags": [True, False], "ids": [3, 1], "plain": [1.5, "x"]}
 
 
-@pytest.mark.parametrize("argv,want", [([], True), (["--spinning", "runs"], "runs"), (["--spinning", "off"], False),
+@pytest.mark.parametrize("argv,want", [([], "runs"), (["--spinning", "runs"], "runs"), (["--spinning", "off"], False),
                                        (["--no-spinning"], False), (["--spinning", "on"], True)])
 def test_spinning_option(argv, want):
     import argparse
@@ -198,6 +198,7 @@ def test_models_info_and_metrics(server, embedder, reranker):
     info = httpx.get(server + "/info", headers=AUTH, timeout=10).json()
     assert info["version"] == bgeort.__version__
     assert info["embedder"]["dim"] == embedder.dim and info["embedder"]["threads"] == 1
+    assert info["embedder"]["spinning"] == info["reranker"]["spinning"] == "runs"  # the server's default
     assert info["reranker"]["max_length"] == reranker.max_length
     assert info["limits"] == {"max_inputs": MAX_INPUTS, "max_body_bytes": MAX_BODY}
     text = httpx.get(server + "/metrics", headers=AUTH, timeout=10).text

@@ -18,10 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("BGEORT_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health (default: $BGEORT_API_KEY)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: the cores this process may use)")
-    parser.add_argument("--spinning", choices=SPINNING, default="on",
-                        help="onnxruntime's threads: 'on' spin during and between runs (the library's default), "
-                             "'runs' spin during a run and stop when it returns, leaving the time between runs to "
-                             "the event loop and the clients on the same cores, 'off' never spin")
+    # 'runs' by default: ahead of 'on' at every one-sentence load in two runs (bench/results/serve.md).
+    parser.add_argument("--spinning", choices=SPINNING, default="runs",
+                        help="onnxruntime's threads: 'runs' (default) spin during a run and stop when it returns, "
+                             "leaving the time between runs to the event loop and the clients on the same cores; "
+                             "'on' spin during and between runs (the library's default); 'off' never spin")
     parser.add_argument("--no-spinning", dest="spinning", action="store_const", const="off",
                         help="the same as --spinning off")
     parser.add_argument("--precision", default="auto")

@@ -235,6 +235,10 @@ async def models(service: Service, request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+# the library's `spinning` as `bgeort serve --spinning` names it
+SPINNING_NAMES = {True: "on", "runs": "runs", False: "off"}
+
+
 async def info(service: Service, request: Request) -> Response:
     def describe(model):
         if model is None:
@@ -243,7 +247,7 @@ async def info(service: Service, request: Request) -> Response:
         manifest = library.manifest
         out = {"name": service.name(model), "path": str(library.path), "kind": manifest.kind,
                "precision": library.precision, "device": library.device, "threads": library._model.threads,
-               "max_length": manifest.max_length, "max_queue": model.max_queue,
+               "spinning": SPINNING_NAMES[library._model.spinning], "max_length": manifest.max_length, "max_queue": model.max_queue,
                "max_batch_texts": model._queue.max_batch_texts}
         if manifest.kind == "embedder":
             out.update(dim=manifest.dim, pooling=manifest.pooling, normalize=library.normalize_embeddings,
