@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bgeort.manifest import POOLED_OUTPUT, Manifest, Variant, dump_manifest, sha256_file
 
-from . import graphfile, int8, m3, stages, verify
+from . import attention, graphfile, int8, m3, stages, verify
 from .calibration import calibration_texts
 from .families import DEFAULT_SOURCE, Family, find_family
 from .source import ExportError, FolderFacts, position_limit, read_folder_facts, resolve_source
@@ -35,6 +35,9 @@ DEVICES = {"fp32": ["cpu", "cuda"], "fp32-unfused": ["cpu", "cuda"], "int8": ["c
 # Sources past this many bytes of weights run each whole-model stage in a process of its own, so the
 # stages' peaks do not pile up (measured: docs/design.md, "Export memory"; bench/export_memory.py).
 SEPARATE_STAGES_BYTES = 256 * 2**20
+# Past this max length the CPU graphs get attention in linear memory for unpadded batches
+# (export/attention.py); at 512 tokens the S x S scores are small (16 heads: 16 MiB a row).
+PLAIN_ATTENTION_TOKENS = 512
 # Per kind: the model types the stages handle, optimum's task, and the graph output bgeort reads.
 KINDS = {
     "embedder": {"model_types": ("bert", "xlm-roberta"), "task": "feature-extraction", "output": "last_hidden_state"},
@@ -241,6 +244,16 @@ def _build(resolved, config: dict, settings: Settings, staging: Path, *, opset, 
         for precision, extra in built.items():
             extra["first_token_nodes"] = stage(stages.first_token_only, staging / FILES[precision],
                                                first_row_outputs=first_rows)
+    if multi or settings.max_length > PLAIN_ATTENTION_TOKENS:
+        log("adding the mask-free attention path for unpadded batches (memory linear in the length)")
+        for precision in ("fp32-unfused", "int8"):
+            if precision in built:
+                layers_done = stage(attention.add_mask_free_path, staging / FILES[precision], num_heads=heads,
+                                    expected_layers=layers, required=bool(multi))
+                built[precision]["mask_free_attention_layers"] = layers_done
+                if layers_done < layers:
+                    log(f"{precision}: the mask-free path fits {layers_done} of {layers} layers; graph left as "
+                        "exported (long inputs then need S x S memory per layer)")
     # A provisional manifest lets bgeort itself open the staged folder for the parity checks.
     variants = {p: _variant(staging, p, {"passed": True, **extra}) for p, extra in built.items()}
     dump_manifest(_manifest(resolved, config, settings, staging, variants, used_opset, multi), staging)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import bgeort
@@ -129,6 +131,59 @@ def test_batch_invariance_and_padding(m3_model):
         assert together["colbert_vecs"][i].shape[0] == counts[i] - 1  # padding rows dropped
         np.testing.assert_allclose(together["colbert_vecs"][i], alone["colbert_vecs"][0], atol=1e-5)
         assert together["lexical_weights"][i].keys() == alone["lexical_weights"][0].keys()
+
+
+def _ops_run(graph_file, feeds) -> dict:
+    """Per op type, how many nodes onnxruntime ran for `feeds` (its profiler, If branches included)."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(graph_file.parent.parent / "profile")
+    session = ort.InferenceSession(str(graph_file), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    return collections.Counter(event["args"].get("op_name") for event in events
+                               if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"))
+
+
+@pytest.mark.parametrize("precision", ["fp32-unfused", "int8"])
+def test_unpadded_batches_run_the_mask_free_attention(m3_model, m3_source, reference, precision, tmp_path):
+    """Every layer's attention is an If: MultiHeadAttention without a mask (memory linear in the length)
+    when no row is padded, the exported MatMul/Softmax path otherwise; both give the reference's outputs."""
+    layers = json.loads((m3_source / "config.json").read_text())["num_hidden_layers"]
+    manifest = bgeort.load_manifest(m3_model)
+    variant = manifest.variants[precision]
+    assert variant.parity["mask_free_attention_layers"] == layers
+    model = onnx.load(str(m3_model / variant.file))
+    branches = [node for node in model.graph.node if node.op_type == "If"]
+    assert len(branches) == layers
+    for node in branches:
+        then = next(a.g for a in node.attribute if a.name == "then_branch")
+        assert [(n.op_type, len(n.input)) for n in then.node] == [("MultiHeadAttention", 3)]  # no mask input
+        plain = next(a.g for a in node.attribute if a.name == "else_branch")
+        assert "Softmax" in {n.op_type for n in plain.node}
+    ids = np.array([[0, 5, 6, 7, 8, 2], [0, 9, 10, 2, 1, 1]], dtype=np.int64)
+    unpadded = _ops_run(m3_model / variant.file, {"input_ids": ids[:1], "attention_mask": np.ones_like(ids[:1])})
+    padded = _ops_run(m3_model / variant.file, {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)})
+    assert unpadded["MultiHeadAttention"] == layers and unpadded["Softmax"] == 0
+    assert padded["MultiHeadAttention"] == 0 and padded["Softmax"] == layers
+    if precision == "int8":
+        return  # int8's outputs against fp32: the export's parity gates (variant.parity)
+    m3 = bgeort.M3Embedder(m3_model, precision=precision, device="cpu")
+    texts = TEXTS[1:]
+    alone = [everything(m3, [text]) for text in texts]  # each run unpadded: the mask-free branch
+    together = everything(m3, texts, batch_size=len(texts))  # padded: the exported branch
+    for i, text in enumerate(texts):
+        dense, lexical, colbert, _, _ = reference(text)
+        for out, row in ((alone[i], 0), (together, i)):
+            np.testing.assert_allclose(out["dense_vecs"][row], dense, atol=1e-4)
+            np.testing.assert_allclose(out["colbert_vecs"][row], colbert, atol=1e-4)
+            assert set(out["lexical_weights"][row]) == set(lexical)
 
 
 def test_long_input_is_truncated_with_a_warning_and_matches_the_reference(m3_model, reference):
