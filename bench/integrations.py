@@ -7,6 +7,8 @@
    per path (the best is the run the shared machine disturbed least), and what each wrapper adds in
    the same call: its time minus the time inside encode_corpus (this machine's noise between rounds
    exceeds the 5% target; inside one call the model's run cancels). Target: <= 5% over encode_corpus.
+   With `--reranker DIR` the same for the rerank wrappers (LangChain's compressor, LlamaIndex's
+   postprocessor, Haystack's ranker) against `Reranker.rerank`: queries, each against the same passages.
 2. Ray Data on a local cluster of `--ray-cpus` CPUs: one Parquet file of STS-B sentences + SciFact
    pieces, read -> Embed -> write Parquet, with embed_dataset's defaults (a CPU left for the read and
    write tasks: actors on every CPU stall the job), against one in-process
@@ -84,20 +86,20 @@ def wrapper_paths(model: str, threads: int) -> dict:
     return paths
 
 
-def time_inside(embedder) -> list[float]:
-    """Make `embedder.encode_corpus` (this instance only) record the seconds of each call into the
-    returned list: the wrapper's own time is then its call's time minus that, in the same call."""
-    inner = embedder.encode_corpus
+def time_inside(model, method: str = "encode_corpus") -> list[float]:
+    """Make `model.<method>` (this instance only) record the seconds of each call into the returned
+    list: the wrapper's own time is then its call's time minus that, in the same call."""
+    inner = getattr(model, method)
     spent: list[float] = []
 
-    def encode_corpus(*args, **kwargs):
+    def timed(*args, **kwargs):
         start = time.perf_counter()
         try:
             return inner(*args, **kwargs)
         finally:
             spent.append(time.perf_counter() - start)
 
-    embedder.encode_corpus = encode_corpus
+    setattr(model, method, timed)
     return spent
 
 
@@ -106,10 +108,13 @@ def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int)
     machine's noise moves by several percent), and what the wrapper itself added in each call (its
     call's time minus the time inside encode_corpus in that call: noise in the model's run cancels),
     median over the rounds, as ms and as % of that time inside."""
-    paths = wrapper_paths(model, threads)
-    inside = {name: time_inside(embedder) for name, (_, embedder) in paths.items()}
+    return measure_paths(wrapper_paths(model, threads), texts, rounds=rounds, method="encode_corpus")
+
+
+def measure_paths(paths: dict, texts: list[str], *, rounds: int, method: str, warm: int = 64) -> list[dict]:
+    inside = {name: time_inside(library, method) for name, (_, library) in paths.items()}
     for run, _ in paths.values():
-        run(texts[:64])  # sessions warm (side session, arenas)
+        run(texts[:warm])  # sessions warm (side session, arenas)
         if hasattr(run, "prepare"):
             run.prepare(texts)
     best = {name: float("inf") for name in paths}
@@ -126,7 +131,7 @@ def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int)
             best[name] = min(best[name], seconds)
             within = sum(inside[name])
             added[name].append((seconds - within, within))
-    base = best["Embedder.encode_corpus"]
+    base = best[names[0]]  # the library's own method comes first
     rows = []
     for name, seconds in best.items():
         extra = statistics.median(outside for outside, _ in added[name])
@@ -134,6 +139,66 @@ def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int)
         rows.append({"path": name, "seconds": seconds, "texts_per_s": len(texts) / seconds,
                      "overhead_pct": 100 * (seconds / base - 1), "added_ms": 1000 * extra, "added_pct": share})
     return rows
+
+
+def rerank_paths(model: str, threads: int, top: int) -> dict:
+    """name -> (a function reranking (query, texts), the Reranker it calls), each wrapper with its own
+    copy of the model; the frameworks' documents and nodes are made once per list, outside the timing."""
+    import bgeort
+
+    direct = bgeort.Reranker(model, threads=threads)
+    paths = {"Reranker.rerank": (lambda query, texts: direct.rerank(query, texts, top_k=top), direct)}
+    held: dict = {}
+
+    def held_as(kind, texts, make):
+        return held.setdefault((kind, id(texts)), [make(text) for text in texts])
+
+    try:
+        from langchain_core.documents import Document as LangChainDocument
+
+        from bgeort.integrations.langchain import BgeortRerank
+
+        langchain = BgeortRerank(model, top_n=top, threads=threads)
+        paths["LangChain BgeortRerank.compress_documents"] = (
+            lambda query, texts: langchain.compress_documents(
+                held_as("langchain", texts, lambda t: LangChainDocument(page_content=t)), query),
+            langchain._reranker)
+    except ImportError:
+        pass
+    try:
+        from llama_index.core.schema import NodeWithScore, TextNode
+
+        from bgeort.integrations.llama_index import BgeortRerank as LlamaRerank
+
+        llama = LlamaRerank(model, top_n=top, threads=threads)
+        paths["LlamaIndex BgeortRerank.postprocess_nodes"] = (
+            lambda query, texts: llama.postprocess_nodes(
+                held_as("llama", texts, lambda t: NodeWithScore(node=TextNode(text=t))), query_str=query),
+            llama._reranker)
+    except ImportError:
+        pass
+    try:
+        from haystack import Document
+
+        from bgeort.integrations.haystack import BgeortRanker
+
+        ranker = BgeortRanker(model, top_k=top, threads=threads)
+        ranker.warm_up()
+        paths["Haystack BgeortRanker.run"] = (
+            lambda query, texts: ranker.run(query=query, documents=held_as("haystack", texts,
+                                                                            lambda t: Document(content=t))),
+            ranker.model)
+    except ImportError:
+        pass
+    return paths
+
+
+def measure_rerank(model: str, queries: list[str], texts: list[str], *, threads: int, rounds: int,
+                   top: int) -> list[dict]:
+    """Each query against the same `texts`, through Reranker.rerank and each wrapper: as measure_paths."""
+    paths = {name: ((lambda run: lambda batch: [run(query, texts) for query in batch])(run), library)
+             for name, (run, library) in rerank_paths(model, threads, top).items()}
+    return measure_paths(paths, queries, rounds=rounds, method="rerank", warm=2)
 
 
 def measure_ray(model: str, texts: list[str], *, cpus: int, batch_size: int, folder: Path) -> list[dict]:
@@ -187,6 +252,10 @@ def main(argv=None) -> int:
     parser.add_argument("--passages", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reranker", help="an exported reranker folder: also measure the rerank wrappers")
+    parser.add_argument("--rerank-queries", type=int, default=20)
+    parser.add_argument("--rerank-documents", type=int, default=100)
+    parser.add_argument("--rerank-top", type=int, default=10)
     parser.add_argument("--ray-texts", type=int, default=20_000, help="0 skips the Ray part")
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--ray-batch-size", type=int, default=1024)
@@ -208,6 +277,19 @@ def main(argv=None) -> int:
     for row in measure_wrappers(args.model, texts, threads=args.threads, rounds=args.rounds):
         print(f"| {row['path']} | {row['seconds']:.3f} | {row['texts_per_s']:.1f} | {row['overhead_pct']:+.2f}% | "
               f"{row['added_ms']:.1f} | {row['added_pct']:.3f}% |")
+    if args.reranker:
+        first, _, _ = stsb_pairs()
+        queries = list(dict.fromkeys(first))[:args.rerank_queries]
+        documents = passages(args.rerank_documents)
+        print(f"\n## Rerank wrappers: {len(queries)} STS-B sentences as queries, each against the same "
+              f"{len(documents)} SciFact passages, top {args.rerank_top}, {args.threads} threads, best of {args.rounds}\n\n"
+              "'added by the wrapper' as above, against the time inside `Reranker.rerank`.\n\n"
+              "| path | best s | queries/s | best vs best | added by the wrapper ms | added, % of rerank |\n"
+              "|---|---:|---:|---:|---:|---:|")
+        for row in measure_rerank(args.reranker, queries, documents, threads=args.threads, rounds=args.rounds,
+                                  top=args.rerank_top):
+            print(f"| {row['path']} | {row['seconds']:.3f} | {row['texts_per_s']:.2f} | {row['overhead_pct']:+.2f}% | "
+                  f"{row['added_ms']:.1f} | {row['added_pct']:.3f}% |")
     if args.ray_texts:
         first, second, _ = stsb_pairs()
         pool = list(dict.fromkeys(first + second)) + passages(args.ray_texts)
