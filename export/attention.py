@@ -12,6 +12,9 @@ token budget, bgeort/batching.py). So each layer's attention becomes an If on "n
 then MultiHeadAttention(Q, K, V) without a mask, else the exported nodes as they were, moved into the
 else branch unchanged. One graph, one session, the weights once; the If reads no weights itself. The
 rewrite works on the projections' outputs, so it applies to the fp32 graph and the int8 one alike.
+The additive mask those else branches read is built as [batch, 1, S, S] by the exporter (with its
+int64 and bool steps, ~1 GiB at 8,192 tokens): the nodes that only it needs go into an If of their
+own, run for padded batches only.
 """
 
 from __future__ import annotations
@@ -93,6 +96,26 @@ def rewrite(model, *, num_heads: int) -> int:
                                        [helper.make_tensor_value_info(tag + "/plain", TensorProto.FLOAT, None)])
         replacement[id(last)] = helper.make_node("If", [UNPADDED], [out], then_branch=then_graph,
                                                  else_branch=else_graph, name=tag + "/If")
+    # The additive mask the plain branches read is [batch, 1, S, S] as the exporter writes it (with its
+    # int64 and bool steps, about 1 GiB at 8,192 tokens): what only it needs runs in an If of its own.
+    for number, bias in enumerate(dict.fromkeys(found["mask"] for found in matches)):
+        cone = _cone(bias, producer, consumers, moved, outputs)
+        if not cone:
+            continue
+        tag = f"{PREFIX}mask{number}"
+        ordered = sorted(cone, key=lambda node: position[id(node)])
+        last = ordered[-1]  # the bias's producer: every other node of the cone is an ancestor of it
+        for node in ordered:
+            node.output[:] = [tag + "/plain" if name == bias else name for name in node.output]
+        unused = helper.make_node("Constant", [], [tag + "/unused"], name=tag + "/Constant",
+                                  value=helper.make_tensor(tag + "/zero", TensorProto.FLOAT, [], [0.0]))
+        then_graph = helper.make_graph([unused], tag + "/unpadded", [],
+                                       [helper.make_tensor_value_info(tag + "/unused", TensorProto.FLOAT, None)])
+        else_graph = helper.make_graph(ordered, tag + "/padded", [],
+                                       [helper.make_tensor_value_info(tag + "/plain", TensorProto.FLOAT, None)])
+        replacement[id(last)] = helper.make_node("If", [UNPADDED], [bias], then_branch=then_graph,
+                                                 else_branch=else_graph, name=tag + "/If")
+        moved |= {id(node) for node in cone}
     condition = [
         helper.make_node("ReduceMin", ["attention_mask"], [PREFIX + "min"], keepdims=0, name=PREFIX + "ReduceMin"),
         helper.make_node("Cast", [PREFIX + "min"], [UNPADDED], to=TensorProto.BOOL, name=PREFIX + "Cast"),
@@ -108,6 +131,33 @@ def rewrite(model, *, num_heads: int) -> int:
     if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(matches)
+
+
+def _cone(name: str, producer: dict, consumers: dict, inside: set, graph_outputs: set) -> list:
+    """The nodes that compute `name` and nothing else: its producer (read only by nodes in `inside`,
+    the ids of the nodes moved into branches), then each node whose every output is read only by nodes
+    of the cone or `inside`. A node is checked each time one of its readers joins, so the last one
+    to join settles it."""
+    start = producer.get(name)
+    if start is None or any(out in graph_outputs for out in start.output):
+        return []
+    if not all(id(reader) in inside for out in start.output for reader in consumers.get(out, [])):
+        return []
+    cone = {id(start): start}
+    frontier = [start]
+    while frontier:
+        node = frontier.pop()
+        for source in node.input:
+            candidate = producer.get(source)
+            if candidate is None or id(candidate) in cone:
+                continue
+            readers = [reader for out in candidate.output for reader in consumers.get(out, [])]
+            if any(out in graph_outputs for out in candidate.output):
+                continue
+            if all(id(reader) in cone or id(reader) in inside for reader in readers):
+                cone[id(candidate)] = candidate
+                frontier.append(candidate)
+    return list(cone.values())
 
 
 def _constants(graph) -> dict[str, np.ndarray]:
@@ -185,6 +235,7 @@ def _match(softmax, producer, consumers, constants, num_heads):
             node = producer.get(node.input[1 - known[0][0]])
         if node is not None and node.op_type == "MatMul":
             scores = node
+            mask = add.input[1 - index]
             for link, (_, factor) in chain:
                 post *= factor if link.op_type == "Mul" else 1.0 / factor
             nodes += [link for link, _ in chain]
@@ -221,7 +272,8 @@ def _match(softmax, producer, consumers, constants, num_heads):
         else:
             return None
     unique = list({id(node): node for node in nodes}.values())
-    return {"nodes": unique, "output": output, "q": q[0], "k": k[0], "v": v[0], "scale": q[2] * k[2] * post}
+    return {"nodes": unique, "output": output, "q": q[0], "k": k[0], "v": v[0], "scale": q[2] * k[2] * post,
+            "mask": mask}
 
 
 def _closed(nodes, output: str, consumers: dict, graph_outputs: set) -> bool:

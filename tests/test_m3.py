@@ -154,14 +154,20 @@ def _ops_run(graph_file, feeds) -> dict:
 @pytest.mark.parametrize("precision", ["fp32-unfused", "int8"])
 def test_unpadded_batches_run_the_mask_free_attention(m3_model, m3_source, reference, precision, tmp_path):
     """Every layer's attention is an If: MultiHeadAttention without a mask (memory linear in the length)
-    when no row is padded, the exported MatMul/Softmax path otherwise; both give the reference's outputs."""
+    when no row is padded, the exported MatMul/Softmax path otherwise, and the additive mask that path
+    reads is built only then; both give the reference's outputs."""
     layers = json.loads((m3_source / "config.json").read_text())["num_hidden_layers"]
     manifest = bgeort.load_manifest(m3_model)
     variant = manifest.variants[precision]
     assert variant.parity["mask_free_attention_layers"] == layers
     model = onnx.load(str(m3_model / variant.file))
-    branches = [node for node in model.graph.node if node.op_type == "If"]
+    branches = [node for node in model.graph.node if node.op_type == "If" and "/layer" in node.name]
     assert len(branches) == layers
+    # the [batch, 1, S, S] additive mask is built only for padded batches (1 GiB at 8,192 tokens)
+    [mask] = [node for node in model.graph.node if node.op_type == "If" and "/mask" in node.name]
+    assert [n.op_type for n in next(a.g for a in mask.attribute if a.name == "then_branch").node] == ["Constant"]
+    mask_expands = sum(n.op_type == "Expand" for n in next(a.g for a in mask.attribute if a.name == "else_branch").node)
+    assert mask_expands >= 1
     for node in branches:
         then = next(a.g for a in node.attribute if a.name == "then_branch")
         assert [(n.op_type, len(n.input)) for n in then.node] == [("MultiHeadAttention", 3)]  # no mask input
@@ -172,6 +178,7 @@ def test_unpadded_batches_run_the_mask_free_attention(m3_model, m3_source, refer
     padded = _ops_run(m3_model / variant.file, {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)})
     assert unpadded["MultiHeadAttention"] == layers and unpadded["Softmax"] == 0
     assert padded["MultiHeadAttention"] == 0 and padded["Softmax"] == layers
+    assert padded["Expand"] - unpadded["Expand"] == mask_expands
     if precision == "int8":
         return  # int8's outputs against fp32: the export's parity gates (variant.parity)
     m3 = bgeort.M3Embedder(m3_model, precision=precision, device="cpu")
