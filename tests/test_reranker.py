@@ -9,6 +9,7 @@ import pytest
 
 import bgeort
 from bgeort.errors import TruncationWarning
+from bgeort.batching import plan_batches
 from bgeort.reranker import sigmoid
 from export import export_model, verify
 from export.families import FAMILIES
@@ -276,3 +277,29 @@ def test_near_tied_reranker_exports_its_int8(tmp_path):
     reference = flag_reference(source, PAIRS, bgeort.load_manifest(folder).max_length)
     int8 = bgeort.Reranker(folder, precision="int8").compute_score(PAIRS)
     assert np.abs(int8 - reference).max() <= verify.NEAR_TIE_ERROR * reference.std()
+
+
+def test_long_context_reranker_gets_the_mask_free_attention(tmp_path):
+    """Past 512 tokens (bge-reranker-v2-m3 reads 8,192) the CPU graphs get export/attention.py's
+    mask-free path, the last layer's narrowed attention included; a lone pair (unpadded: that path)
+    and the same pair in a padded batch score as PyTorch does."""
+    layers = 2
+    source = make_classifier_source(tmp_path / "long-xlmr-reranker", model_type="xlm-roberta", layers=layers,
+                                    positions=1026, max_length=1024)
+    folder = export_model(str(source), out=tmp_path / "models", max_length=1024, precisions=("fp32", "int8"))
+    manifest = bgeort.load_manifest(folder)
+    for precision in ("fp32-unfused", "int8"):
+        assert manifest.variants[precision].parity["mask_free_attention_layers"] == layers, precision
+    long_passage = " ".join(["the giant panda eats bamboo in the mountains of china"] * 40)  # ~450 tokens
+    # lengths within a quarter of each other: one padded batch of both (bgeort/batching.py)
+    pairs = [("what do pandas eat?", long_passage), ("what do pandas eat?", long_passage[:len(long_passage) * 9 // 10])]
+    model = bgeort.Reranker(folder, precision="fp32", device="cpu")
+    alone = np.array([model.compute_score([pair])[0] for pair in pairs])
+    padded = bgeort.Reranker(folder, precision="fp32", device="cpu", max_batch_tokens=4096)
+    together = padded.compute_score(pairs, batch_size=2)
+    encoded, _ = padded._model.tokenizer.encode_pairs([q for q, _ in pairs], [p for _, p in pairs], max_length=1024)
+    lengths = encoded.lengths
+    assert lengths[0] != lengths[1] and len(plan_batches(lengths, batch_size=2, max_tokens=4096)) == 1  # padded
+    reference = np.array([flag_reference(source, [pair], 1024)[0] for pair in pairs])
+    np.testing.assert_allclose(alone, reference, atol=1e-4)
+    np.testing.assert_allclose(together, reference, atol=1e-4)
