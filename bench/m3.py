@@ -57,7 +57,7 @@ FE_BATCH = {"short": 32, "passage": 1}
 PEERS = ("bgeort-int8", "bgeort-fp32", "flagembedding")
 DESCRIPTIONS = {
     "bgeort-int8": "bgeort M3Embedder, int8 (default export: 7-bit weights, per-token activations)",
-    "bgeort-fp32": "bgeort M3Embedder, fp32 (the plain exporter graph bgeort runs on CPU)",
+    "bgeort-fp32": "bgeort M3Embedder, fp32 (the exporter's graph that bgeort runs on CPU)",
     "flagembedding": "FlagEmbedding BGEM3FlagModel(use_fp16=False, devices='cpu'), PyTorch fp32",
 }
 PAUSE_S = 0.2
@@ -152,7 +152,7 @@ def export(src: Path, out: Path, *extra: str) -> None:
 
 def fingerprint(size: str) -> str:
     """What the folders are built from: the export's code and this file's builders (not its runs and
-    report, so editing those keeps the exports, which take most of an hour at full size)."""
+    report, so editing those keeps the exports, which take 10-40 minutes at full size)."""
     import hashlib
     import inspect
 
@@ -166,7 +166,7 @@ def fingerprint(size: str) -> str:
 
 def rss_shape(size: str) -> dict:
     """The long-text RSS runs' model: bge-m3's width, heads, vocabulary and positions with RSS_LAYERS
-    of its layers (one 8,192-token text through 24 layers takes most of an hour on these cores; a
+    of its layers (one 8,192-token text through 24 layers takes minutes per peer on these cores; a
     layer's activations, the peak, do not depend on the depth; the other layers' weights are added
     from the full model's RSS after opening, see the report)."""
     return {**SHAPES[size], "layers": min(RSS_LAYERS, SHAPES[size]["layers"])}
@@ -489,8 +489,9 @@ def write_markdown(summary: dict, raw: dict, path: Path) -> None:
         lines += ["", "## Peak RSS", "",
                   f"The long texts run through a model of bge-m3's width with {raw['rss_shape']['layers']} of its "
                   f"{shape['layers']} layers (the same source code, seeds and tokenizer): a layer's activations, the "
-                  "peak, do not grow with depth, and one 8,192-token text through all the layers takes most of "
-                  "an hour on these cores. Each (peer, input) in a fresh process: the model opened, one `encode` "
+                  "peak, do not grow with depth, while the time does (12 times these runs' at 24 layers). "
+                  "bgeort's CPU graphs run a batch without padding (every long text here: each runs alone) "
+                  "through mask-free MultiHeadAttention (export/attention.py). Each (peer, input) in a fresh process: the model opened, one `encode` "
                   "of the texts with all three outputs (FlagEmbedding: batch_size = the number of texts), then "
                   "exit. Peak = the launcher's RUSAGE_CHILDREN ru_maxrss (the child's own VmHWM beside it); a "
                   f"child is refused memory past {RSS_CAP / 2**30:.0f} GiB of address space (RLIMIT_AS), so a "
