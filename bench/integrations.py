@@ -43,9 +43,10 @@ def passages(count: int, *, words: int = 64) -> list[str]:
     return pieces[:count]
 
 
-def wrapper_paths(model: str, threads: int) -> dict:
+def wrapper_paths(model: str, threads: int, control: bool = False) -> dict:
     """name -> (a function embedding a list of texts, the Embedder it calls); every path opens its own
-    copy of the model."""
+    copy of the model. `control`: a second, identical encode_corpus path last, whose best-vs-best
+    shows what this machine's noise alone makes of two equal paths."""
     import bgeort
 
     direct = bgeort.Embedder(model, threads=threads)
@@ -83,6 +84,9 @@ def wrapper_paths(model: str, threads: int) -> dict:
         paths["Haystack BgeortDocumentEmbedder.run"] = (haystack_run, embedder.model)
     except ImportError:
         pass
+    if control:
+        twin = bgeort.Embedder(model, threads=threads)
+        paths["control: Embedder.encode_corpus, a second copy"] = (lambda texts: twin.encode_corpus(texts), twin)
     return paths
 
 
@@ -103,12 +107,12 @@ def time_inside(model, method: str = "encode_corpus") -> list[float]:
     return spent
 
 
-def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int) -> list[dict]:
+def measure_wrappers(model: str, texts: list[str], *, threads: int, rounds: int, control: bool = False) -> list[dict]:
     """Per path: its best call (against encode_corpus's best: the end-to-end comparison, which this
     machine's noise moves by several percent), and what the wrapper itself added in each call (its
     call's time minus the time inside encode_corpus in that call: noise in the model's run cancels),
     median over the rounds, as ms and as % of that time inside."""
-    return measure_paths(wrapper_paths(model, threads), texts, rounds=rounds, method="encode_corpus")
+    return measure_paths(wrapper_paths(model, threads, control), texts, rounds=rounds, method="encode_corpus")
 
 
 def measure_paths(paths: dict, texts: list[str], *, rounds: int, method: str, warm: int = 64) -> list[dict]:
@@ -252,6 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--passages", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--control", action="store_true",
+                        help="add a second, identical encode_corpus path: the noise between two equal paths")
     parser.add_argument("--reranker", help="an exported reranker folder: also measure the rerank wrappers")
     parser.add_argument("--rerank-queries", type=int, default=20)
     parser.add_argument("--rerank-documents", type=int, default=100)
@@ -274,7 +280,7 @@ def main(argv=None) -> int:
           "in it, cancels); 'best vs best': the path's best call against encode_corpus's best.\n\n"
           "| path | best s | texts/s | best vs best | added by the wrapper ms | added, % of encode_corpus |\n"
           "|---|---:|---:|---:|---:|---:|")
-    for row in measure_wrappers(args.model, texts, threads=args.threads, rounds=args.rounds):
+    for row in measure_wrappers(args.model, texts, threads=args.threads, rounds=args.rounds, control=args.control):
         print(f"| {row['path']} | {row['seconds']:.3f} | {row['texts_per_s']:.1f} | {row['overhead_pct']:+.2f}% | "
               f"{row['added_ms']:.1f} | {row['added_pct']:.3f}% |")
     if args.reranker:
