@@ -84,18 +84,10 @@ def rewrite(model, *, num_heads: int) -> int:
         tag = f"{PREFIX}layer{number}"
         out = found["output"]
         last = max(found["nodes"], key=lambda node: position[id(node)])
-        plain_nodes = sorted(found["nodes"], key=lambda node: position[id(node)])
-        for node in plain_nodes:  # the else branch: the exported nodes, the last one renamed at its output
-            node.output[:] = [tag + "/plain" if name == out else name for name in node.output]
         flash = helper.make_node("MultiHeadAttention", [found["q"], found["k"], found["v"]], [tag + "/flash"],
                                  domain="com.microsoft", num_heads=num_heads, scale=found["scale"],
                                  name=tag + "/MultiHeadAttention")
-        then_graph = helper.make_graph([flash], tag + "/unpadded", [],
-                                       [helper.make_tensor_value_info(tag + "/flash", TensorProto.FLOAT, None)])
-        else_graph = helper.make_graph(plain_nodes, tag + "/padded", [],
-                                       [helper.make_tensor_value_info(tag + "/plain", TensorProto.FLOAT, None)])
-        replacement[id(last)] = helper.make_node("If", [UNPADDED], [out], then_branch=then_graph,
-                                                 else_branch=else_graph, name=tag + "/If")
+        replacement[id(last)] = _branch(tag, out, flash, found["nodes"], position)
     # The additive mask the plain branches read is [batch, 1, S, S] as the exporter writes it (with its
     # int64 and bool steps, about 1 GiB at 8,192 tokens): what only it needs runs in an If of its own.
     for number, bias in enumerate(dict.fromkeys(found["mask"] for found in matches)):
@@ -103,18 +95,10 @@ def rewrite(model, *, num_heads: int) -> int:
         if not cone:
             continue
         tag = f"{PREFIX}mask{number}"
-        ordered = sorted(cone, key=lambda node: position[id(node)])
-        last = ordered[-1]  # the bias's producer: every other node of the cone is an ancestor of it
-        for node in ordered:
-            node.output[:] = [tag + "/plain" if name == bias else name for name in node.output]
+        last = max(cone, key=lambda node: position[id(node)])  # the bias's producer: the rest are its ancestors
         unused = helper.make_node("Constant", [], [tag + "/unused"], name=tag + "/Constant",
                                   value=helper.make_tensor(tag + "/zero", TensorProto.FLOAT, [], [0.0]))
-        then_graph = helper.make_graph([unused], tag + "/unpadded", [],
-                                       [helper.make_tensor_value_info(tag + "/unused", TensorProto.FLOAT, None)])
-        else_graph = helper.make_graph(ordered, tag + "/padded", [],
-                                       [helper.make_tensor_value_info(tag + "/plain", TensorProto.FLOAT, None)])
-        replacement[id(last)] = helper.make_node("If", [UNPADDED], [bias], then_branch=then_graph,
-                                                 else_branch=else_graph, name=tag + "/If")
+        replacement[id(last)] = _branch(tag, bias, unused, cone, position)
         moved |= {id(node) for node in cone}
     condition = [
         helper.make_node("ReduceMin", ["attention_mask"], [PREFIX + "min"], keepdims=0, name=PREFIX + "ReduceMin"),
@@ -131,6 +115,22 @@ def rewrite(model, *, num_heads: int) -> int:
     if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(matches)
+
+
+def _branch(tag: str, output: str, unpadded_node, plain_nodes, position: dict):
+    """If(no row padded) -> `output`: then `unpadded_node` (one node, one float output), else
+    `plain_nodes` in their graph order, the one that made `output` renamed at it."""
+    from onnx import TensorProto, helper
+
+    plain_nodes = sorted(plain_nodes, key=lambda node: position[id(node)])
+    for node in plain_nodes:
+        node.output[:] = [tag + "/plain" if name == output else name for name in node.output]
+    then_graph = helper.make_graph([unpadded_node], tag + "/unpadded", [],
+                                   [helper.make_tensor_value_info(unpadded_node.output[0], TensorProto.FLOAT, None)])
+    else_graph = helper.make_graph(plain_nodes, tag + "/padded", [],
+                                   [helper.make_tensor_value_info(tag + "/plain", TensorProto.FLOAT, None)])
+    return helper.make_node("If", [UNPADDED], [output], then_branch=then_graph, else_branch=else_graph,
+                            name=tag + "/If")
 
 
 def _cone(name: str, producer: dict, consumers: dict, inside: set, graph_outputs: set) -> list:
@@ -263,7 +263,9 @@ def _match(softmax, producer, consumers, constants, num_heads):
         node = readers[0]
         nodes.append(node)
         if node.op_type == "Transpose":
-            order = [a.ints for a in node.attribute if a.name == "perm"][0]
+            order = next((a.ints for a in node.attribute if a.name == "perm"), None)
+            if order is None or len(order) != 4:
+                return None
             perm = [perm[p] for p in order]
             name = node.output[0]
         elif node.op_type == "Reshape" and perm == [0, 2, 1, 3]:
