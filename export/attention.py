@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .simplify import constant_tensors, readers
 from .source import ExportError
 
 PREFIX = "bgeort_attention/"
@@ -61,10 +62,7 @@ def rewrite(model, *, num_heads: int) -> int:
     if not any(i.name == "attention_mask" for i in graph.input):
         return 0
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(graph)
     outputs = {out.name for out in graph.output}
     constants = _constants(graph)
 
@@ -161,22 +159,33 @@ def _cone(name: str, producer: dict, consumers: dict, inside: set, graph_outputs
 
 
 def _constants(graph) -> dict[str, np.ndarray]:
-    """Small constant tensors by name: initializers held in the graph and Constant nodes' values."""
+    """Small constant tensors by name (scalars and shapes held in the graph, not in its data file)."""
     from onnx import numpy_helper
 
-    values = {}
-    for tensor in graph.initializer:
-        if tensor.data_location != 1 and np.prod(tensor.dims) <= 16:  # not external, a scalar or a shape
-            values[tensor.name] = numpy_helper.to_array(tensor)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
+    return {name: numpy_helper.to_array(tensor) for name, tensor in constant_tensors(graph).items()
+            if tensor.data_location != 1 and np.prod(tensor.dims) <= 16}
 
 
 def _scalar(name: str, constants: dict) -> float | None:
     value = constants.get(name)
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _scaling(node, constants: dict):
+    """(the other input, the factor) when `node` multiplies or divides by a constant scalar, else None."""
+    if node.op_type not in ("Mul", "Div"):
+        return None
+    known = [(i, f) for i, f in ((i, _scalar(x, constants)) for i, x in enumerate(node.input)) if f is not None]
+    if len(known) != 1 or (node.op_type == "Div" and known[0][0] != 1):
+        return None
+    index, factor = known[0]
+    return node.input[1 - index], (factor if node.op_type == "Mul" else 1.0 / factor)
+
+
+def _perm(node) -> list | None:
+    """A 4-d Transpose's permutation (None for any other)."""
+    order = next((a.ints for a in node.attribute if a.name == "perm"), None)
+    return list(order) if node.op_type == "Transpose" and order is not None and len(order) == 4 else None
 
 
 def _trace_heads(name: str, producer: dict, constants: dict, num_heads: int):
@@ -189,18 +198,16 @@ def _trace_heads(name: str, producer: dict, constants: dict, num_heads: int):
         if node is None:
             return None
         if node.op_type in ("Mul", "Div"):
-            factors = [(i, _scalar(x, constants)) for i, x in enumerate(node.input)]
-            known = [(i, f) for i, f in factors if f is not None]
-            if len(known) != 1 or (node.op_type == "Div" and known[0][0] != 1):
+            scaled = _scaling(node, constants)
+            if scaled is None:
                 return None
-            index, factor = known[0]
-            scale *= factor if node.op_type == "Mul" else 1.0 / factor
-            name = node.input[1 - index]
+            name, factor = scaled
+            scale *= factor
         elif node.op_type == "Transpose":
-            order = [a.ints for a in node.attribute if a.name == "perm"]
-            if not order or len(order[0]) != 4:
+            order = _perm(node)
+            if order is None:
                 return None
-            perm = [order[0][p] for p in perm]
+            perm = [order[p] for p in perm]
             name = node.input[0]
         elif node.op_type == "Reshape":
             shape = constants.get(node.input[1])
@@ -224,21 +231,14 @@ def _match(softmax, producer, consumers, constants, num_heads):
     nodes, post = [softmax, add], 1.0
     scores = None
     for index, name in enumerate(add.input):  # the scores side is the one a MatMul (maybe scaled) makes
-        node = producer.get(name)
-        chain = []
-        while node is not None and node.op_type in ("Mul", "Div") and len(chain) < 2:
-            factors = [(i, _scalar(x, constants)) for i, x in enumerate(node.input)]
-            known = [(i, f) for i, f in factors if f is not None]
-            if len(known) != 1 or (node.op_type == "Div" and known[0][0] != 1):
-                break
-            chain.append((node, known[0]))
-            node = producer.get(node.input[1 - known[0][0]])
+        node, chain, factor = producer.get(name), [], 1.0
+        while node is not None and len(chain) < 2 and (scaled := _scaling(node, constants)) is not None:
+            chain.append(node)
+            factor *= scaled[1]
+            node = producer.get(scaled[0])
         if node is not None and node.op_type == "MatMul":
-            scores = node
-            mask = add.input[1 - index]
-            for link, (_, factor) in chain:
-                post *= factor if link.op_type == "Mul" else 1.0 / factor
-            nodes += [link for link, _ in chain]
+            scores, mask, post = node, add.input[1 - index], factor
+            nodes += chain
             break
     if scores is None:
         return None
@@ -263,8 +263,8 @@ def _match(softmax, producer, consumers, constants, num_heads):
         node = readers[0]
         nodes.append(node)
         if node.op_type == "Transpose":
-            order = next((a.ints for a in node.attribute if a.name == "perm"), None)
-            if order is None or len(order) != 4:
+            order = _perm(node)
+            if order is None:
                 return None
             perm = [perm[p] for p in order]
             name = node.output[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import graphfile
-from .simplify import load_folded, prune
+from .simplify import constant_tensors, load_folded, prune, readers
 from .source import ExportError
 
 WEIGHT_BITS = 7
@@ -82,10 +82,7 @@ def quantize_int8(plain_file: Path, out_file: Path, *, num_layers: int, ranges: 
     for node in graph.node:
         if quantizable(node):
             groups.setdefault(node.input[0], []).append(node)
-    consumers = {GRAPH_OUTPUT: {out.name for out in graph.output}}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = {GRAPH_OUTPUT: {out.name for out in graph.output}, **readers(graph)}
 
     counts = {"quantized_matmuls": 0, "MatMulIntegerToFloat": 0, "kept_fp32": 0, "gelu_shifted": 0,
               "smoothed_inputs": len(build.smooth), "folded_shape_tensors": folded}
@@ -371,10 +368,7 @@ def _gelu_outputs(graph) -> set[str]:
     and onnxruntime's fused GELU operators."""
     from onnx import numpy_helper
 
-    values = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = node.attribute[0].t
+    values = constant_tensors(graph)
 
     def has_tanh_coefficient(nodes) -> bool:
         found = (numpy_helper.to_array(values[i]) for n in nodes for i in n.input if i in values)

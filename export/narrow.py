@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .graphfile import cpu_session
+from .simplify import constant_tensors
 
 PROBES = ((2, 13), (3, 17))  # (batch, sequence): sizes no hidden width or head count takes
 PREFIX = "bgeort_first_token/"
@@ -130,10 +131,7 @@ def _row_zero_gathers(graph) -> set[str]:
     """Names of the Gather nodes that take row 0 on axis 1 (named here when unnamed)."""
     from onnx import numpy_helper
 
-    values = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = node.attribute[0].t
+    values = constant_tensors(graph)
     starts = set()
     for k, node in enumerate(graph.node):
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.input[1] not in values:

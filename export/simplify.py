@@ -69,14 +69,11 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
         frontier += [i for i in node.input if i in static and i not in initializers and i not in frontier]
     if not frontier:
         return 0
-    readers = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    reading = readers(graph)
     # A target read only by Reshapes that copy on 0 (allowzero unset) may use 0 and -1 ...
     reshaped = {}  # ... target -> the tensors it reshapes
     for name in frontier:
-        nodes = readers.get(name, [])
+        nodes = reading.get(name, [])
         if nodes and all(n.op_type == "Reshape" and n.input[1] == name and n.input[0] != name
                          and not any(a.name == "allowzero" and a.i for a in n.attribute) for n in nodes):
             reshaped[name] = [n.input[0] for n in nodes]
@@ -117,7 +114,7 @@ def fold_shapes(model, *, data_folder: Path | None = None) -> int:
             if target is not None:
                 constants[name] = target
     # A node is removed only when every output it has that is still read became a constant.
-    still_read = set(readers) | {out.name for out in graph.output}
+    still_read = set(reading) | {out.name for out in graph.output}
     for node in graph.node:
         outputs = [out for out in node.output if out]
         if any(out in constants for out in outputs) and any(
@@ -225,6 +222,24 @@ def _resolve(shape, target) -> list[int]:
         known = int(np.prod([x for x in out if x != -1]))
         out[out.index(-1)] = int(np.prod(shape)) // known
     return out
+
+
+def readers(graph) -> dict[str, list]:
+    """Tensor name -> the nodes of `graph` that read it (graph outputs not included)."""
+    found: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def constant_tensors(graph) -> dict:
+    """Tensor name -> TensorProto for the graph's initializers and its Constant nodes' values."""
+    values = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = node.attribute[0].t
+    return values
 
 
 def prune(model) -> None:
