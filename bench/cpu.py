@@ -24,7 +24,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from corpora import SIZES, build_corpora  # noqa: E402
-from environment import describe_environment  # noqa: E402
+from environment import describe_environment, save_results  # noqa: E402
 from isa import ISAS, MaskUnavailable, mark_environment, probe  # noqa: E402
 from isa import environ as isa_environ  # noqa: E402
 from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
@@ -235,10 +235,9 @@ def main(argv=None) -> int:
     }
     raw["wall_seconds"] = time.time() - started
     summary = summarize(raw)
-    (args.out / "cpu.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
-    write_markdown(summary, raw, args.out / "cpu.md")
+    report = save_results(args.out, "cpu", summary, raw, write_markdown)
     write_chart(summary, args.out / "cpu.png", args.isa)
-    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'cpu.md'}")
+    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {report}")
     return 0
 
 

@@ -72,3 +72,14 @@ def environment_line(distributions=DISTRIBUTIONS) -> str:
             pass
     return (f"Machine: {found['cpu_model']}, {found['cores_usable']} usable cores, {found['memory_gib']} GiB, flags "
             f"{' '.join(found['cpu_flags'])}; Python {found['python']}; {', '.join(versions)}.")
+
+
+def save_results(out: Path, stem: str, summary: dict, raw: dict, write_markdown, stored: dict | None = None) -> Path:
+    """A run's record: `out/stem.json` ({"summary", "raw": `stored` or `raw`}) and `out/stem.md`
+    (write_markdown(summary, raw, path)); returns the markdown's path."""
+    import json
+
+    (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "raw": raw if stored is None else stored},
+                                                 indent=1))
+    write_markdown(summary, raw, out / f"{stem}.md")
+    return out / f"{stem}.md"

@@ -21,7 +21,6 @@ reports; it never asserts. bench/README.md says how the numbers were read.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from corpora import DATA, scifact_texts, stsb_pairs  # noqa: E402
 from cpu import Worker, worker_env  # noqa: E402
-from environment import describe_environment  # noqa: E402
+from environment import describe_environment, save_results  # noqa: E402
 
 SHAPES = {"full": dict(layers=24, hidden=1024, heads=16, ffn=4096),
           "quick": dict(layers=2, hidden=128, heads=2, ffn=512)}
@@ -615,9 +614,8 @@ def main(argv=None) -> int:
              # the vectors behind the agreement check stay out (megabytes): the summary holds its result
              "throughput": {peer: {k: v for k, v in data.items() if k != "outputs"}
                             for peer, data in raw["throughput"].items()}}
-    (args.out / "m3.json").write_text(json.dumps({"summary": summary, "raw": saved}, indent=1))
-    write_markdown(summary, raw, args.out / "m3.md")
-    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'm3.md'}")
+    report = save_results(args.out, "m3", summary, raw, write_markdown, stored=saved)
+    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {report}")
     return 0
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from corpora import DATA, stsb_pairs  # noqa: E402
 from cpu import Worker  # noqa: E402
-from environment import describe_environment  # noqa: E402
+from environment import describe_environment, save_results  # noqa: E402
 from isa import ISAS, MaskUnavailable, mark_environment, probe  # noqa: E402
 from make_models import DEFAULT_ROOT, MINILM, build_fingerprint, export_bgeort  # noqa: E402
 from report import isa_lines  # noqa: E402
@@ -304,9 +304,8 @@ def main(argv=None) -> int:
     raw["load_average_end"] = os.getloadavg()
     raw["wall_seconds"] = time.time() - started
     summary = summarize(raw)
-    (args.out / "rerank.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
-    write_markdown(summary, raw, args.out / "rerank.md")
-    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'rerank.md'}")
+    report = save_results(args.out, "rerank", summary, raw, write_markdown)
+    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {report}")
     return 0
 
 

@@ -32,7 +32,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from corpora import scifact_texts, stsb_pairs  # noqa: E402
-from environment import describe_environment  # noqa: E402
+from environment import describe_environment, save_results  # noqa: E402
 from loadgen import aiohttp_sender, run_load, summarize_load  # noqa: E402
 from make_models import DEFAULT_ROOT, st_int8_file  # noqa: E402
 from serve_report import SERVERS, summarize, write_markdown  # noqa: E402
@@ -335,9 +335,8 @@ def main(argv=None) -> int:
            "baseline": baseline, "servers": servers, "load_average_end": os.getloadavg(),
            "wall_seconds": time.time() - started}
     summary = summarize(raw)
-    (args.out / "serve.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))
-    write_markdown(summary, raw, args.out / "serve.md")
-    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {args.out / 'serve.md'}")
+    report = save_results(args.out, "serve", summary, raw, write_markdown)
+    log(f"done in {raw['wall_seconds'] / 60:.1f} min: {report}")
     return 0
 
 
