@@ -207,9 +207,6 @@ def this_cpu_needs_exact_int8() -> bool:
 CPU_DISABLED_FUSIONS = ("BiasGeluFusion",)
 
 
-SPINNING = (True, "runs", False)
-
-
 def session_options(ort, *, threads: int | None, spinning: bool | str, exact_int8: bool | None = None,
                     cpu: bool = True, memory_patterns: bool = False):
     options = ort.SessionOptions()
